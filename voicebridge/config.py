@@ -1,0 +1,314 @@
+"""Typed settings, read from the environment and a ``.env`` file.
+
+Every setting has a default and a type. ``Settings.from_environ`` takes a plain mapping so
+tests pass a dict instead of patching ``os.environ``; every problem found is collected and
+raised together as one :class:`ConfigError`, so a user fixes a bad ``.env`` in one go.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import attrs
+from dotenv import dotenv_values
+
+T = TypeVar("T")
+
+OPENAI_VOICES = frozenset(
+    {"alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar"}
+)
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+DEFAULT_API_VERSION = "2026-07-15"
+MASK = "***"
+
+
+class ConfigError(Exception):
+    """Raised with every problem found in the settings, one per line."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid settings:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+@attrs.frozen
+class Settings:
+    """The effective configuration of one voicebridge process."""
+
+    # Upstream (Azure AI Voice Live, or the built-in emulator)
+    voicelive_backend: str = "emulator"
+    azure_openai_endpoint: str = ""
+    azure_openai_key: str = attrs.field(default="", repr=False)
+    azure_openai_deployment: str = ""
+    azure_api_version: str = DEFAULT_API_VERSION
+    upstream_connect_timeout_s: float = 10.0
+
+    # The agent
+    voice_name: str = "alloy"
+    vad_threshold: float = 0.5
+    vad_prefix_padding_ms: int = 300
+    vad_silence_duration_ms: int = 500
+    agent_instructions_file: Path = Path("agent_instructions.md")
+    enable_proactive_greeting: bool = False
+
+    # Server
+    app_host: str = "0.0.0.0"
+    app_port: int = 8000
+    static_dir: Path = Path("static")
+    log_level: str = "INFO"
+    log_format: str = "console"
+
+    # Sessions and limits
+    session_registry: str = attrs.field(default="memory", repr=False)
+    max_sessions: int = 100
+    session_max_duration_s: float = 1500.0
+    session_warning_s: float = 60.0
+    session_idle_timeout_s: float = 120.0
+    shutdown_grace_s: float = 10.0
+    max_frame_bytes: int = 65536
+    client_send_buffer_ms: int = 3000
+    max_audio_rate: float = 1.5
+    rate_window_s: float = 10.0
+    registry_heartbeat_s: float = 5.0
+    registry_ttl_s: float = 15.0
+    metrics_publish_s: float = 1.0
+
+    # Access
+    client_token: str = attrs.field(default="", repr=False)
+    admin_token: str = attrs.field(default="", repr=False)
+    allowed_origins: tuple[str, ...] = ()
+
+    @property
+    def uses_emulator(self) -> bool:
+        return self.voicelive_backend == "emulator"
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> Settings:
+        """Build settings from a mapping of environment variables, or raise ConfigError."""
+        return _Loader(environ).load()
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings as a dict safe to log or show: secrets masked."""
+        out: dict[str, Any] = {}
+        for field in attrs.fields(Settings):
+            value = getattr(self, field.name)
+            if field.name in _SECRET_FIELDS:
+                value = MASK if value else ""
+            elif field.name == "session_registry":
+                value = mask_url_password(value)
+            elif isinstance(value, Path):
+                value = str(value)
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[field.name] = value
+        return out
+
+    def read_instructions(self) -> str:
+        """The agent's system prompt, read afresh so edits apply to the next session."""
+        return self.agent_instructions_file.read_text(encoding="utf-8")
+
+
+_SECRET_FIELDS = frozenset({"azure_openai_key", "client_token", "admin_token"})
+
+
+def mask_url_password(url: str) -> str:
+    """Hide the password of a URL such as ``redis://:secret@host:6379/0``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return parts._replace(netloc=f"{user}:{MASK}@{netloc}").geturl()
+
+
+def _parse_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"expected true or false, got {raw!r}")
+
+
+def _parse_float(raw: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"expected a number, got {raw!r}") from None
+
+
+def _parse_int(raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"expected a whole number, got {raw!r}") from None
+
+
+def _parse_list(raw: str) -> tuple[str, ...]:
+    return tuple(item.strip().rstrip("/") for item in raw.split(",") if item.strip())
+
+
+class _Loader:
+    """Reads one variable at a time and collects the problems instead of stopping."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self.env = environ
+        self.problems: list[str] = []
+
+    def get(self, name: str, parse: Callable[[str], T], default: T) -> T:
+        raw = self.env.get(name)
+        if raw is None or raw.strip() == "":
+            return default
+        try:
+            return parse(raw.strip())
+        except ValueError as exc:
+            self.problems.append(f"{name}: {exc}")
+            return default
+
+    def check(self, ok: bool, message: str) -> None:
+        if not ok:
+            self.problems.append(message)
+
+    def load(self) -> Settings:
+        g = self.get
+        d = Settings()
+        azure_given = any(self.env.get(n, "").strip() for n in _AZURE_VARS)
+        backend = g("VOICELIVE_BACKEND", str, "azure" if azure_given else "emulator").lower()
+        values: dict[str, Any] = {
+            "voicelive_backend": backend,
+            "azure_openai_endpoint": g("AZURE_OPENAI_ENDPOINT", str, ""),
+            "azure_openai_key": g("AZURE_OPENAI_KEY", str, ""),
+            "azure_openai_deployment": g("AZURE_OPENAI_DEPLOYMENT", str, ""),
+            "azure_api_version": g("AZURE_API_VERSION", str, d.azure_api_version),
+            "upstream_connect_timeout_s": g(
+                "UPSTREAM_CONNECT_TIMEOUT_S", _parse_float, d.upstream_connect_timeout_s
+            ),
+            "voice_name": g("VOICE_NAME", str, d.voice_name),
+            "vad_threshold": g("VAD_THRESHOLD", _parse_float, d.vad_threshold),
+            "vad_prefix_padding_ms": g(
+                "VAD_PREFIX_PADDING_MS", _parse_int, d.vad_prefix_padding_ms
+            ),
+            "vad_silence_duration_ms": g(
+                "VAD_SILENCE_DURATION_MS", _parse_int, d.vad_silence_duration_ms
+            ),
+            "agent_instructions_file": g(
+                "AGENT_INSTRUCTIONS_FILE", Path, d.agent_instructions_file
+            ),
+            "enable_proactive_greeting": g(
+                "ENABLE_PROACTIVE_GREETING", _parse_bool, d.enable_proactive_greeting
+            ),
+            "app_host": g("APP_HOST", str, d.app_host),
+            "app_port": g("APP_PORT", _parse_int, d.app_port),
+            "static_dir": g("STATIC_DIR", Path, d.static_dir),
+            "log_level": g("LOG_LEVEL", str, d.log_level).upper(),
+            "log_format": g("LOG_FORMAT", str, d.log_format).lower(),
+            "session_registry": g("SESSION_REGISTRY", str, d.session_registry),
+            "max_sessions": g("MAX_SESSIONS", _parse_int, d.max_sessions),
+            "session_max_duration_s": g(
+                "SESSION_MAX_DURATION_S", _parse_float, d.session_max_duration_s
+            ),
+            "session_warning_s": g("SESSION_WARNING_S", _parse_float, d.session_warning_s),
+            "session_idle_timeout_s": g(
+                "SESSION_IDLE_TIMEOUT_S", _parse_float, d.session_idle_timeout_s
+            ),
+            "shutdown_grace_s": g("SHUTDOWN_GRACE_S", _parse_float, d.shutdown_grace_s),
+            "max_frame_bytes": g("MAX_FRAME_BYTES", _parse_int, d.max_frame_bytes),
+            "client_send_buffer_ms": g(
+                "CLIENT_SEND_BUFFER_MS", _parse_int, d.client_send_buffer_ms
+            ),
+            "max_audio_rate": g("MAX_AUDIO_RATE", _parse_float, d.max_audio_rate),
+            "rate_window_s": g("RATE_WINDOW_S", _parse_float, d.rate_window_s),
+            "registry_heartbeat_s": g("REGISTRY_HEARTBEAT_S", _parse_float, d.registry_heartbeat_s),
+            "registry_ttl_s": g("REGISTRY_TTL_S", _parse_float, d.registry_ttl_s),
+            "metrics_publish_s": g("METRICS_PUBLISH_S", _parse_float, d.metrics_publish_s),
+            "client_token": g("CLIENT_TOKEN", str, ""),
+            "admin_token": g("ADMIN_TOKEN", str, ""),
+            "allowed_origins": g("ALLOWED_ORIGINS", _parse_list, d.allowed_origins),
+        }
+        self.validate(values)
+        if self.problems:
+            raise ConfigError(self.problems)
+        return Settings(**values)
+
+    def validate(self, v: dict[str, Any]) -> None:
+        c = self.check
+        c(
+            v["voicelive_backend"] in {"azure", "emulator"},
+            f"VOICELIVE_BACKEND: must be 'azure' or 'emulator', got {v['voicelive_backend']!r}",
+        )
+        if v["voicelive_backend"] == "azure":
+            for name in _AZURE_VARS:
+                c(
+                    bool(self.env.get(name, "").strip()),
+                    f"{name}: required when the backend is azure",
+                )
+            endpoint = v["azure_openai_endpoint"]
+            if endpoint:
+                parts = urlsplit(endpoint)
+                c(
+                    parts.scheme in {"http", "https", "ws", "wss"} and bool(parts.netloc),
+                    "AZURE_OPENAI_ENDPOINT: must be an http(s) or ws(s) URL such as "
+                    "https://my-resource.services.ai.azure.com",
+                )
+        c(0.0 <= v["vad_threshold"] <= 1.0, "VAD_THRESHOLD: must be between 0 and 1")
+        c(v["vad_prefix_padding_ms"] >= 0, "VAD_PREFIX_PADDING_MS: must be 0 or more")
+        c(v["vad_silence_duration_ms"] > 0, "VAD_SILENCE_DURATION_MS: must be more than 0")
+        c(1 <= v["app_port"] <= 65535, f"APP_PORT: must be 1..65535, got {v['app_port']}")
+        c(v["log_level"] in LOG_LEVELS, f"LOG_LEVEL: must be one of {', '.join(LOG_LEVELS)}")
+        c(v["log_format"] in {"console", "json"}, "LOG_FORMAT: must be 'console' or 'json'")
+        c(bool(v["voice_name"].strip()), "VOICE_NAME: must not be empty")
+        instructions: Path = v["agent_instructions_file"]
+        try:
+            instructions.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            self.problems.append(f"AGENT_INSTRUCTIONS_FILE: cannot read {instructions}: {reason}")
+        registry = v["session_registry"]
+        c(
+            registry == "memory" or registry.startswith(("redis://", "rediss://")),
+            "SESSION_REGISTRY: must be 'memory' or a redis:// URL",
+        )
+        for name, key in (
+            ("MAX_SESSIONS", "max_sessions"),
+            ("MAX_FRAME_BYTES", "max_frame_bytes"),
+            ("CLIENT_SEND_BUFFER_MS", "client_send_buffer_ms"),
+        ):
+            c(v[key] > 0, f"{name}: must be more than 0")
+        for name, key in (
+            ("SESSION_MAX_DURATION_S", "session_max_duration_s"),
+            ("SESSION_IDLE_TIMEOUT_S", "session_idle_timeout_s"),
+            ("UPSTREAM_CONNECT_TIMEOUT_S", "upstream_connect_timeout_s"),
+            ("MAX_AUDIO_RATE", "max_audio_rate"),
+            ("RATE_WINDOW_S", "rate_window_s"),
+            ("REGISTRY_HEARTBEAT_S", "registry_heartbeat_s"),
+            ("REGISTRY_TTL_S", "registry_ttl_s"),
+            ("METRICS_PUBLISH_S", "metrics_publish_s"),
+        ):
+            c(v[key] > 0, f"{name}: must be more than 0")
+        c(v["shutdown_grace_s"] >= 0, "SHUTDOWN_GRACE_S: must be 0 or more")
+        c(v["session_warning_s"] >= 0, "SESSION_WARNING_S: must be 0 or more")
+        c(
+            v["registry_ttl_s"] > v["registry_heartbeat_s"],
+            "REGISTRY_TTL_S: must be longer than REGISTRY_HEARTBEAT_S",
+        )
+        c(
+            v["max_frame_bytes"] <= 4 * 1024 * 1024,
+            "MAX_FRAME_BYTES: must be at most 4194304 (4 MiB)",
+        )
+
+
+_AZURE_VARS = ("AZURE_OPENAI_ENDPOINT", "AZURE_OPENAI_KEY", "AZURE_OPENAI_DEPLOYMENT")
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, env_file: str | os.PathLike[str] | None = ".env"
+) -> Settings:
+    """Settings from a ``.env`` file overlaid by the environment (the environment wins)."""
+    merged: dict[str, str] = {}
+    if env_file is not None and Path(env_file).is_file():
+        merged.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+    merged.update(os.environ if environ is None else environ)
+    return Settings.from_environ(merged)

@@ -1,0 +1,785 @@
+"""One voice session: a client WebSocket relayed to one Voice Live connection.
+
+A :class:`Session` is single-use. ``run()`` connects upstream, configures the agent, then
+runs its pumps in one ``asyncio.TaskGroup``: client -> upstream, upstream -> client, a
+single writer that owns the client socket (so the send buffer is bounded and barge-in can
+drop queued audio), a watchdog for time limits and a metrics publisher. Whichever ends
+first raises :class:`Disconnect` and the group cancels the rest; the upstream connection
+is closed by the exit stack whatever happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import attrs
+import orjson
+import structlog
+from aiohttp import web
+from azure.ai.voicelive.aio import ConnectionClosed, VoiceLiveConnection, connect
+from azure.ai.voicelive.aio import ConnectionError as VoiceLiveConnectionError
+from azure.core.credentials import AzureKeyCredential
+
+from voicebridge import errors, protocol
+from voicebridge.config import OPENAI_VOICES, Settings
+from voicebridge.errors import ProtocolError
+from voicebridge.metrics import Metrics
+from voicebridge.protocol import BYTES_PER_MS
+from voicebridge.registry import SessionRegistry
+
+log = structlog.get_logger(__name__)
+
+# Upstream error codes that are expected races, not failures worth showing to a user.
+_BENIGN_UPSTREAM_ERRORS = frozenset({"response_cancel_not_active"})
+
+
+@attrs.frozen
+class UpstreamConfig:
+    """Where and how to reach Voice Live (Azure or the local emulator)."""
+
+    endpoint: str
+    api_key: str = attrs.field(repr=False)
+    model: str
+    api_version: str
+    backend: str = "azure"
+
+
+class Disconnect(Exception):
+    """Raised by a pump whose side ended, so the TaskGroup cancels its siblings."""
+
+
+@attrs.define
+class EndReason:
+    reason: str
+    close_code: int = errors.CLOSE_NORMAL
+    code: str | None = None
+    message: str | None = None
+
+
+@attrs.define
+class SessionMetrics:
+    """What one session has done so far; published to the registry while it runs."""
+
+    started_at: float = attrs.field(factory=time.time)
+    started_mono: float = attrs.field(factory=time.monotonic)
+    state: str = "connecting"
+    client: str = ""
+    audio_in_bytes: int = 0
+    audio_in_frames: int = 0
+    audio_out_bytes: int = 0
+    audio_out_frames: int = 0
+    turns: int = 0
+    barge_ins: int = 0
+    user_transcripts: int = 0
+    agent_transcripts: int = 0
+    errors: int = 0
+    upstream_connect_ms: float | None = None
+    latencies_ms: deque[float] = attrs.field(factory=lambda: deque(maxlen=200))
+
+    def as_dict(self) -> dict[str, Any]:
+        lat = sorted(self.latencies_ms)
+        return {
+            "started_at": self.started_at,
+            "duration_s": round(time.monotonic() - self.started_mono, 3),
+            "state": self.state,
+            "client": self.client,
+            "audio_in": {
+                "bytes": self.audio_in_bytes,
+                "frames": self.audio_in_frames,
+                "ms": self.audio_in_bytes // BYTES_PER_MS,
+            },
+            "audio_out": {
+                "bytes": self.audio_out_bytes,
+                "frames": self.audio_out_frames,
+                "ms": self.audio_out_bytes // BYTES_PER_MS,
+            },
+            "turns": self.turns,
+            "barge_ins": self.barge_ins,
+            "transcripts": {"user": self.user_transcripts, "agent": self.agent_transcripts},
+            "errors": self.errors,
+            "upstream_connect_ms": self.upstream_connect_ms,
+            "response_latency_ms": {
+                "last": self.latencies_ms[-1] if lat else None,
+                "p50": _percentile(lat, 50),
+                "p95": _percentile(lat, 95),
+                "count": len(lat),
+            },
+        }
+
+
+def _percentile(ordered: list[float], pct: float) -> float | None:
+    if not ordered:
+        return None
+    index = min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))
+    return round(ordered[index], 1)
+
+
+@attrs.define
+class ResponseTrack:
+    """What the client has been sent of one agent response, for barge-in truncation."""
+
+    response_id: str
+    active: bool = True
+    item_id: str | None = None
+    first_audio_at: float | None = None  # monotonic, when its first audio was written
+    audio_queued: int = 0  # bytes accepted from upstream for the client
+    audio_written: int = 0  # bytes actually written to the client socket
+    muted: bool = False  # barge-in: drop the rest of its audio
+    client_played_ms: int | None = None
+
+    def played_ms(self, now: float) -> int:
+        """The audio the client has played: its own report, else min(sent, wall clock)."""
+        sent_ms = self.audio_written // BYTES_PER_MS
+        if self.client_played_ms is not None:
+            return min(self.client_played_ms, sent_ms)
+        if self.first_audio_at is None:
+            return 0
+        return int(min(sent_ms, (now - self.first_audio_at) * 1000))
+
+    def still_playing(self, now: float) -> bool:
+        if self.muted:
+            return False
+        if self.active:
+            return True
+        return self.played_ms(now) < self.audio_queued // BYTES_PER_MS
+
+
+def build_session_config(settings: Settings, instructions: str) -> dict[str, Any]:
+    """The ``session.update`` payload: voice, formats, VAD, audio processing."""
+    voice_name = settings.voice_name
+    voice: dict[str, Any]
+    if voice_name in OPENAI_VOICES:
+        voice = {"type": "openai", "name": voice_name}
+    else:
+        voice = {"type": "azure-standard", "name": voice_name}
+    return {
+        "modalities": ["text", "audio"],
+        "instructions": instructions,
+        "voice": voice,
+        "input_audio_format": "pcm16",
+        "output_audio_format": "pcm16",
+        "turn_detection": {
+            "type": "server_vad",
+            "threshold": settings.vad_threshold,
+            "prefix_padding_ms": settings.vad_prefix_padding_ms,
+            "silence_duration_ms": settings.vad_silence_duration_ms,
+            "create_response": True,
+            "interrupt_response": True,
+        },
+        "input_audio_echo_cancellation": {"type": "server_echo_cancellation"},
+        "input_audio_noise_reduction": {"type": "azure_deep_noise_suppression"},
+        "input_audio_transcription": {"model": "whisper-1"},
+    }
+
+
+class Session:
+    """The relay for one client WebSocket. Create, ``await run()``, discard."""
+
+    def __init__(
+        self,
+        *,
+        request: web.Request,
+        ws: web.WebSocketResponse,
+        settings: Settings,
+        upstream: UpstreamConfig,
+        registry: SessionRegistry,
+        metrics: Metrics,
+        session_id: str | None = None,
+    ) -> None:
+        self.id = session_id or uuid.uuid4().hex
+        self.request = request
+        self.ws = ws
+        self.settings = settings
+        self.upstream = upstream
+        self.registry = registry
+        self.prom = metrics
+        self.stats = SessionMetrics(client=request.remote or "")
+        self.end: EndReason | None = None
+        self.done = asyncio.Event()
+        self._end_requested = asyncio.Event()
+        self._conn: VoiceLiveConnection | None = None
+        self._aligner = protocol.SampleAligner()
+        self._out: deque[bytes | str] = deque()
+        self._out_ready = asyncio.Event()
+        self._out_audio_bytes = 0
+        self._out_limit = settings.client_send_buffer_ms * BYTES_PER_MS
+        self._response: ResponseTrack | None = None
+        self._no_response = asyncio.Event()
+        self._no_response.set()
+        self._started_sent = False
+        self._speech_stopped_at: float | None = None
+        self._last_activity = time.monotonic()
+        self._warned = False
+        rate = settings.max_audio_rate * protocol.SAMPLE_RATE * 2
+        self._bucket_capacity = rate * settings.rate_window_s
+        self._bucket = self._bucket_capacity
+        self._bucket_rate = rate
+        self._bucket_at = time.monotonic()
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Relay until either side ends, a limit is hit, or an end is requested."""
+        structlog.contextvars.bind_contextvars(session_id=self.id)
+        log.info("session.started", client=self.stats.client, backend=self.upstream.backend)
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                await self._connect(stack)
+                if self.end is None:
+                    await self._relay()
+                await self._close_client()
+        except asyncio.CancelledError:
+            self._set_end(EndReason("cancelled", errors.CLOSE_GOING_AWAY))
+            raise
+        finally:
+            self.done.set()
+            end = self.end or EndReason("unknown")
+            self.prom.sessions.labels(reason=end.reason).inc()
+            log.info(
+                "session.ended",
+                reason=end.reason,
+                close_code=end.close_code,
+                carried_byte=bool(self._aligner.carry),
+                **self.stats.as_dict(),
+            )
+            structlog.contextvars.unbind_contextvars("session_id")
+
+    def request_end(
+        self,
+        reason: str,
+        *,
+        close_code: int = errors.CLOSE_NORMAL,
+        code: str | None = None,
+        message: str | None = None,
+    ) -> None:
+        """Ask the session to end from outside (admin, shutdown); returns at once."""
+        self._set_end(EndReason(reason, close_code, code, message))
+        self._end_requested.set()
+
+    async def drain(self, grace_s: float) -> None:
+        """Graceful shutdown: tell the client, let the current response finish, close 1001."""
+        if self.done.is_set():
+            return
+        self._send_text(protocol.status("shutting_down", grace_s=grace_s))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace_s):
+                await self._no_response.wait()
+        self.request_end(
+            "shutdown",
+            close_code=errors.CLOSE_GOING_AWAY,
+            code=errors.ERR_SHUTDOWN,
+            message="the server is restarting; please reconnect",
+        )
+        await self.done.wait()
+
+    @property
+    def response_active(self) -> bool:
+        return self._response is not None and self._response.active
+
+    def _set_end(self, end: EndReason) -> None:
+        if self.end is None:
+            self.end = end
+
+    def _stop(
+        self,
+        reason: str,
+        close_code: int = errors.CLOSE_NORMAL,
+        code: str | None = None,
+        message: str | None = None,
+    ) -> Disconnect:
+        self._set_end(EndReason(reason, close_code, code, message))
+        return Disconnect(reason)
+
+    async def _connect(self, stack: contextlib.AsyncExitStack) -> None:
+        up = self.upstream
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(self.settings.upstream_connect_timeout_s):
+                self._conn = await stack.enter_async_context(
+                    connect(
+                        credential=AzureKeyCredential(up.api_key),
+                        endpoint=up.endpoint,
+                        model=up.model,
+                        api_version=up.api_version,
+                        connection_options={"max_msg_size": 16 * 1024 * 1024, "heartbeat": 20.0},
+                    )
+                )
+                instructions = await asyncio.to_thread(self.settings.read_instructions)
+                config = build_session_config(self.settings, instructions)
+                await self._conn.send({"type": "session.update", "session": config})
+        except TimeoutError:
+            self._upstream_failed(
+                f"Voice Live did not answer within {self.settings.upstream_connect_timeout_s:g} s"
+            )
+            return
+        except (VoiceLiveConnectionError, aiohttp.ClientError, OSError) as exc:
+            self._upstream_failed(f"could not connect to Voice Live: {_describe(exc)}")
+            return
+        elapsed = time.monotonic() - started
+        self.stats.upstream_connect_ms = round(elapsed * 1000, 1)
+        self.prom.upstream_connect.observe(elapsed)
+        log.info("session.upstream_connected", connect_ms=self.stats.upstream_connect_ms)
+
+    def _upstream_failed(self, message: str) -> None:
+        log.warning("session.upstream_connect_failed", error=message)
+        self._set_end(
+            EndReason(
+                "upstream_connect_failed",
+                errors.CLOSE_UPSTREAM,
+                errors.ERR_UPSTREAM_CONNECT,
+                message,
+            )
+        )
+
+    async def _relay(self) -> None:
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._client_pump(), name="client_pump")
+                tg.create_task(self._upstream_pump(), name="upstream_pump")
+                tg.create_task(self._writer(), name="writer")
+                tg.create_task(self._watchdog(), name="watchdog")
+                tg.create_task(self._publisher(), name="publisher")
+                tg.create_task(self._wait_end_request(), name="end_request")
+        except* Disconnect:
+            pass
+        except* Exception as group:
+            for exc in group.exceptions:
+                log.error("session.failed", exc_info=exc)
+            self._set_end(
+                EndReason(
+                    "internal_error",
+                    errors.CLOSE_UPSTREAM,
+                    errors.ERR_INTERNAL,
+                    "internal error; the session was closed",
+                )
+            )
+
+    async def _close_client(self) -> None:
+        """Send the final message (if any) and close the client socket, never stalling."""
+        end = self.end or EndReason("unknown")
+        ws = self.ws
+        if ws.closed:
+            return
+        try:
+            async with asyncio.timeout(2.0):
+                if end.code and end.message:
+                    if end.code in {
+                        errors.ERR_ENDED_BY_ADMIN,
+                        errors.ERR_SESSION_LIMIT,
+                        errors.ERR_IDLE,
+                        errors.ERR_SHUTDOWN,
+                    }:
+                        await ws.send_str(
+                            protocol.status("ended", code=end.code, message=end.message)
+                        )
+                    else:
+                        self.prom.errors.labels(code=end.code).inc()
+                        await ws.send_str(protocol.error(end.message, end.code))
+                await ws.close(
+                    code=end.close_code, message=(end.message or end.reason)[:120].encode()
+                )
+        except (TimeoutError, ConnectionError, RuntimeError):
+            # A peer that does not read cannot hold the session (or a shutdown) hostage.
+            transport = self.request.transport
+            if transport is not None:
+                transport.abort()
+
+    # -- client -> upstream ------------------------------------------------------------
+
+    async def _client_pump(self) -> None:
+        ws = self.ws
+        max_frame = self.settings.max_frame_bytes
+        async for msg in ws:
+            self._last_activity = time.monotonic()
+            if msg.type is aiohttp.WSMsgType.BINARY:
+                data: bytes = msg.data
+                if len(data) > max_frame:
+                    raise self._stop(
+                        "frame_too_large",
+                        errors.CLOSE_TOO_BIG,
+                        errors.ERR_FRAME_TOO_LARGE,
+                        f"frame of {len(data)} bytes is larger than the limit of {max_frame}",
+                    )
+                await self._send_audio(self._aligner.feed(data))
+            elif msg.type is aiohttp.WSMsgType.TEXT:
+                text: str = msg.data
+                if len(text) > max_frame:
+                    raise self._stop(
+                        "frame_too_large",
+                        errors.CLOSE_TOO_BIG,
+                        errors.ERR_FRAME_TOO_LARGE,
+                        f"frame of {len(text)} bytes is larger than the limit of {max_frame}",
+                    )
+                await self._handle_text(text)
+            elif msg.type is aiohttp.WSMsgType.ERROR:
+                exc = ws.exception()
+                log.info("session.client_error", error=str(exc))
+                raise self._stop("client_error")
+        raise self._stop("client_closed")
+
+    async def _handle_text(self, text: str) -> None:
+        try:
+            message = protocol.parse_text(text)
+        except ProtocolError as exc:
+            self._client_error(exc.message, exc.code)
+            return
+        if isinstance(message, protocol.AudioIn):
+            await self._send_audio(self._aligner.feed(message.pcm))
+        elif isinstance(message, protocol.PingIn):
+            self._send_text(protocol.PONG)
+        elif isinstance(message, protocol.TextIn):
+            await self._send_user_text(message.text)
+        elif isinstance(message, protocol.PlaybackIn) and self._response is not None:
+            self._response.client_played_ms = message.played_ms
+
+    async def _send_audio(self, pcm: bytes) -> None:
+        if not pcm:
+            return
+        now = time.monotonic()
+        self._bucket = min(
+            self._bucket_capacity, self._bucket + (now - self._bucket_at) * self._bucket_rate
+        )
+        self._bucket_at = now
+        self._bucket -= len(pcm)
+        if self._bucket < 0:
+            raise self._stop(
+                "rate_limited",
+                errors.CLOSE_POLICY,
+                errors.ERR_RATE_LIMITED,
+                f"audio arrives faster than {self.settings.max_audio_rate:g}x real time",
+            )
+        self.stats.audio_in_bytes += len(pcm)
+        self.stats.audio_in_frames += 1
+        await self._upstream_send(
+            {"type": "input_audio_buffer.append", "audio": base64.b64encode(pcm).decode()}
+        )
+
+    async def _send_user_text(self, text: str) -> None:
+        await self._upstream_send(
+            {
+                "type": "conversation.item.create",
+                "item": {
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": text}],
+                },
+            }
+        )
+        await self._upstream_send({"type": "response.create"})
+
+    async def _upstream_send(self, event: dict[str, Any]) -> None:
+        assert self._conn is not None
+        try:
+            await self._conn.send(event)
+        except VoiceLiveConnectionError as exc:
+            raise self._upstream_closed(exc) from None
+
+    def _upstream_closed(self, exc: BaseException | None) -> Disconnect:
+        detail = f": {_describe(exc)}" if exc is not None else ""
+        log.warning("session.upstream_closed", error=detail)
+        return self._stop(
+            "upstream_closed",
+            errors.CLOSE_UPSTREAM,
+            errors.ERR_UPSTREAM_CLOSED,
+            f"the Voice Live connection closed{detail}",
+        )
+
+    # -- upstream -> client ------------------------------------------------------------
+
+    async def _upstream_pump(self) -> None:
+        assert self._conn is not None
+        conn = self._conn
+        handlers = self._handlers()
+        while True:
+            try:
+                raw = await conn.recv_bytes()
+            except ConnectionClosed as exc:
+                raise self._upstream_closed(exc) from None
+            if not raw:
+                continue
+            try:
+                event = orjson.loads(raw)
+                handler = handlers.get(event.get("type"))
+            except (orjson.JSONDecodeError, AttributeError):
+                log.warning("session.upstream_bad_event", size=len(raw))
+                continue
+            if handler is not None:
+                await handler(event)
+
+    def _handlers(self) -> dict[str, Callable[[dict[str, Any]], Any]]:
+        return {
+            "response.audio.delta": self._on_audio_delta,
+            "session.updated": self._on_session_updated,
+            "input_audio_buffer.speech_started": self._on_speech_started,
+            "input_audio_buffer.speech_stopped": self._on_speech_stopped,
+            "conversation.item.input_audio_transcription.completed": self._on_user_transcript,
+            "response.created": self._on_response_created,
+            "response.output_item.added": self._on_output_item,
+            "response.audio_transcript.done": self._on_agent_transcript,
+            "response.text.done": self._on_agent_text,
+            "response.done": self._on_response_done,
+            "error": self._on_upstream_error,
+        }
+
+    async def _on_session_updated(self, event: dict[str, Any]) -> None:
+        if self._started_sent:
+            return
+        self._started_sent = True
+        upstream_session = event.get("session") or {}
+        self._send_text(
+            protocol.session_started(
+                self.id,
+                backend=self.upstream.backend,
+                voice=self.settings.voice_name,
+                sample_rate=protocol.SAMPLE_RATE,
+                upstream_session_id=upstream_session.get("id"),
+            )
+        )
+        self._set_state("ready")
+        if self.settings.enable_proactive_greeting:
+            await self._upstream_send({"type": "response.create"})
+
+    async def _on_speech_started(self, event: dict[str, Any]) -> None:
+        track = self._response
+        now = time.monotonic()
+        if track is not None and track.still_playing(now):
+            await self._barge_in(track, now)
+        self._set_state("listening")
+
+    async def _barge_in(self, track: ResponseTrack, now: float) -> None:
+        track.muted = True
+        dropped = self._drop_queued_audio()
+        heard_anything = track.audio_queued > 0
+        if heard_anything:
+            self._send_text(protocol.CLEAR_AUDIO)
+            self.stats.barge_ins += 1
+            self.prom.barge_ins.inc()
+        if track.active:
+            # With interrupt_response on, the service cancels on its own; a cancel that
+            # loses that race is answered by response_cancel_not_active, which is ignored.
+            await self._upstream_send({"type": "response.cancel"})
+        if track.item_id and heard_anything:
+            played = track.played_ms(now)
+            if played > 0:
+                await self._upstream_send(
+                    {
+                        "type": "conversation.item.truncate",
+                        "item_id": track.item_id,
+                        "content_index": 0,
+                        "audio_end_ms": played,
+                    }
+                )
+            else:
+                # Nothing was heard; the service rejects audio_end_ms=0, so forget the item.
+                await self._upstream_send(
+                    {"type": "conversation.item.delete", "item_id": track.item_id}
+                )
+        log.info("session.barge_in", played_ms=track.played_ms(now), dropped_bytes=dropped)
+
+    async def _on_speech_stopped(self, event: dict[str, Any]) -> None:
+        self._speech_stopped_at = time.monotonic()
+        self.stats.turns += 1
+        self._set_state("processing")
+
+    async def _on_user_transcript(self, event: dict[str, Any]) -> None:
+        text = event.get("transcript") or ""
+        self.stats.user_transcripts += 1
+        self._send_text(protocol.transcript("user_transcript", text))
+
+    async def _on_response_created(self, event: dict[str, Any]) -> None:
+        response = event.get("response") or {}
+        self._response = ResponseTrack(response_id=str(response.get("id", "")))
+        self._no_response.clear()
+
+    async def _on_output_item(self, event: dict[str, Any]) -> None:
+        item = event.get("item") or {}
+        if self._response is not None and self._response.item_id is None:
+            self._response.item_id = item.get("id")
+
+    async def _on_audio_delta(self, event: dict[str, Any]) -> None:
+        track = self._response
+        if track is None or track.muted:
+            return
+        pcm = base64.b64decode(event.get("delta", ""))
+        if not pcm:
+            return
+        if track.item_id is None:
+            track.item_id = event.get("item_id")
+        if track.audio_queued == 0:
+            self._set_state("agent_speaking")
+            if self._speech_stopped_at is not None:
+                latency = time.monotonic() - self._speech_stopped_at
+                self._speech_stopped_at = None
+                self.stats.latencies_ms.append(round(latency * 1000, 1))
+                self.prom.latency.observe(latency)
+        track.audio_queued += len(pcm)
+        self._send_audio_to_client(pcm)
+
+    async def _on_agent_transcript(self, event: dict[str, Any]) -> None:
+        self.stats.agent_transcripts += 1
+        self._send_text(protocol.transcript("agent_transcript", event.get("transcript") or ""))
+
+    async def _on_agent_text(self, event: dict[str, Any]) -> None:
+        self.stats.agent_transcripts += 1
+        self._send_text(protocol.transcript("agent_text", event.get("text") or ""))
+
+    async def _on_response_done(self, event: dict[str, Any]) -> None:
+        if self._response is not None:
+            self._response.active = False
+        self._no_response.set()
+        if self.stats.state != "listening":
+            self._set_state("ready")
+
+    async def _on_upstream_error(self, event: dict[str, Any]) -> None:
+        err = event.get("error") or {}
+        code = str(err.get("code") or err.get("type") or errors.ERR_UPSTREAM)
+        if code in _BENIGN_UPSTREAM_ERRORS:
+            log.debug("session.upstream_benign_error", code=code)
+            return
+        message = str(err.get("message") or "Voice Live reported an error")
+        log.warning("session.upstream_error", code=code, message=message)
+        self._client_error(message, code)
+
+    # -- writer: the only task that writes to the client socket ------------------------
+
+    def _send_text(self, text: str) -> None:
+        self._out.append(text)
+        self._out_ready.set()
+
+    def _send_audio_to_client(self, pcm: bytes) -> None:
+        if self._out_audio_bytes + len(pcm) > self._out_limit:
+            self.prom.send_overflows.inc()
+            raise self._stop(
+                "slow_consumer",
+                errors.CLOSE_POLICY,
+                errors.ERR_SLOW_CONSUMER,
+                f"the client did not read {self.settings.client_send_buffer_ms} ms of audio",
+            )
+        self._out_audio_bytes += len(pcm)
+        self._out.append(pcm)
+        self._out_ready.set()
+
+    def _drop_queued_audio(self) -> int:
+        dropped = self._out_audio_bytes
+        if dropped:
+            self._out = deque(item for item in self._out if isinstance(item, str))
+            self._out_audio_bytes = 0
+        return dropped
+
+    def _client_error(self, message: str, code: str) -> None:
+        self.stats.errors += 1
+        self.prom.errors.labels(code=code).inc()
+        self._send_text(protocol.error(message, code))
+
+    def _set_state(self, state: str) -> None:
+        if state != self.stats.state:
+            self.stats.state = state
+            self._send_text(protocol.status(state))
+
+    async def _writer(self) -> None:
+        ws = self.ws
+        out = self._out
+        ready = self._out_ready
+        try:
+            while True:
+                if not self._out:
+                    ready.clear()
+                    await ready.wait()
+                    out = self._out
+                    continue
+                item = out.popleft()
+                if isinstance(item, str):
+                    await ws.send_str(item)
+                    continue
+                self._out_audio_bytes -= len(item)
+                track = self._response
+                await ws.send_bytes(item)
+                self.stats.audio_out_bytes += len(item)
+                self.stats.audio_out_frames += 1
+                if track is not None:
+                    if track.first_audio_at is None:
+                        track.first_audio_at = time.monotonic()
+                    track.audio_written += len(item)
+        except (ConnectionError, RuntimeError) as exc:
+            raise self._stop("client_gone") from exc
+
+    # -- timers ------------------------------------------------------------------------
+
+    async def _watchdog(self) -> None:
+        s = self.settings
+        deadline = self.stats.started_mono + s.session_max_duration_s
+        warn_at = deadline - s.session_warning_s
+        while True:
+            now = time.monotonic()
+            if now >= deadline:
+                raise self._stop(
+                    "max_duration",
+                    errors.CLOSE_NORMAL,
+                    errors.ERR_SESSION_LIMIT,
+                    f"the session reached its limit of {s.session_max_duration_s:g} s",
+                )
+            idle_deadline = self._last_activity + s.session_idle_timeout_s
+            if now >= idle_deadline:
+                raise self._stop(
+                    "idle",
+                    errors.CLOSE_NORMAL,
+                    errors.ERR_IDLE,
+                    f"nothing received from the client for {s.session_idle_timeout_s:g} s",
+                )
+            if not self._warned and s.session_warning_s > 0 and now >= warn_at:
+                self._warned = True
+                self._send_text(
+                    protocol.status(
+                        "ending", code=errors.ERR_SESSION_LIMIT, seconds_left=round(deadline - now)
+                    )
+                )
+            next_check = min(deadline, idle_deadline)
+            if not self._warned and s.session_warning_s > 0:
+                next_check = min(next_check, warn_at)
+            await asyncio.sleep(max(0.01, next_check - now))
+
+    async def _publisher(self) -> None:
+        interval = self.settings.metrics_publish_s
+        while True:
+            await asyncio.sleep(interval)
+            await self.publish()
+
+    async def publish(self) -> None:
+        try:
+            await self.registry.update(
+                self.id, state=self.stats.state, metrics=self.stats.as_dict()
+            )
+        except Exception:  # the registry logs its own trouble; a session never dies of it
+            log.debug("session.publish_failed", exc_info=True)
+
+    async def _wait_end_request(self) -> None:
+        await self._end_requested.wait()
+        raise Disconnect("end requested")
+
+
+def _describe(exc: BaseException | None) -> str:
+    """A short, secret-free description of a connection failure."""
+    if exc is None:
+        return "unknown error"
+    if isinstance(exc, ConnectionClosed):
+        return f"closed with code {exc.code}"
+    cause = exc.__cause__
+    if isinstance(cause, aiohttp.WSServerHandshakeError):
+        if cause.status == 401:
+            return "the service rejected the API key (401)"
+        return f"handshake failed with HTTP {cause.status}"
+    if isinstance(cause, aiohttp.ClientConnectorError):
+        return (
+            f"cannot reach {cause.host}:{cause.port} ({cause.os_error.strerror or cause.os_error})"
+        )
+    if isinstance(cause, OSError | aiohttp.ClientError):
+        return type(cause).__name__
+    return type(exc).__name__
