@@ -606,7 +606,11 @@ class Session:
 
     async def _on_audio_delta(self, event: dict[str, Any]) -> None:
         track = self._response
-        if track is None or track.muted:
+        response_id = event.get("response_id") or ""
+        if track is None or (response_id and response_id != track.response_id):
+            # Audio of a response we saw no response.created for: track it all the same.
+            track = self._response = ResponseTrack(response_id=response_id, active=False)
+        if track.muted:
             return
         pcm = base64.b64decode(event.get("delta", ""))
         if not pcm:

@@ -1,0 +1,160 @@
+"""HTTP routes and access rules of the app, on the built-in emulator."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestClient
+
+from tests.conftest import make_settings
+from tests.voice_client import VoiceSocket
+from voicebridge.app import STATE, create_app
+
+AnyClient = TestClient[Any, Any]
+
+
+async def client_for(aiohttp_client: Any, **env: str) -> AnyClient:
+    client: AnyClient = await aiohttp_client(create_app(make_settings(**env)))
+    return client
+
+
+async def test_health_reports_healthy(aiohttp_client: Any) -> None:
+    """GET /health answers 200 healthy with the backend and the session count."""
+    client = await client_for(aiohttp_client)
+    resp = await client.get("/health")
+    assert resp.status == 200
+    body = await resp.json()
+    assert body["status"] == "healthy"
+    assert body["backend"] == "emulator"
+    assert body["sessions"] == 0
+
+
+async def test_root_redirects_to_the_client_page(aiohttp_client: Any) -> None:
+    """GET / redirects to the browser client, which is served from /static/."""
+    client = await client_for(aiohttp_client)
+    resp = await client.get("/", allow_redirects=False)
+    assert resp.status == 302
+    assert resp.headers["Location"] == "/static/index.html"
+    page = await client.get("/static/index.html")
+    assert page.status == 200
+    assert "<html" in (await page.text()).lower()
+
+
+async def test_config_tells_the_page_about_the_emulator(aiohttp_client: Any) -> None:
+    """GET /config says which backend runs and whether a token is needed, and no secret."""
+    client = await client_for(aiohttp_client, CLIENT_TOKEN="tok-secret-1")
+    body = await (await client.get("/config")).json()
+    assert body == {
+        "backend": "emulator",
+        "client_token_required": True,
+        "sample_rate": 24000,
+        "version": body["version"],
+    }
+    assert "tok-secret-1" not in str(body)
+
+
+async def test_docs_describe_routes_and_protocol(aiohttp_client: Any) -> None:
+    """GET /docs is an HTML page listing the routes and the WebSocket messages."""
+    client = await client_for(aiohttp_client)
+    text = await (await client.get("/docs")).text()
+    for needle in ("/ws/voice", "/sessions/{id}", "clear_audio", "session_started", "1013"):
+        assert needle in text
+
+
+async def test_session_on_the_builtin_emulator_and_metrics(aiohttp_client: Any) -> None:
+    """With no Azure settings a session runs on the emulator; /metrics and /sessions see it."""
+    client = await client_for(aiohttp_client)
+    voice = VoiceSocket(await client.ws_connect("/ws/voice"))
+    started = await voice.until_type("session_started")
+    assert started["backend"] == "emulator"
+    await voice.ws.send_json({"type": "text", "text": "hello emulator"})
+    await voice.until_type("agent_transcript")
+    sessions = await (await client.get("/sessions")).json()
+    assert sessions["count"] == 1
+    entry = sessions["sessions"][0]
+    assert entry["session_id"] == started["session_id"]
+    assert entry["metrics"]["audio_out"]["bytes"] > 0
+    one = await client.get(f"/sessions/{started['session_id']}")
+    assert (await one.json())["session_id"] == started["session_id"]
+    text = await (await client.get("/metrics")).text()
+    assert "voicebridge_active_sessions 1.0" in text
+    await voice.ws.close()
+
+
+async def test_admin_delete_ends_the_session(aiohttp_client: Any) -> None:
+    """DELETE /sessions/{id} tells the client, closes it with 1000 and forgets it."""
+    client = await client_for(aiohttp_client, ADMIN_TOKEN="adm-123")
+    voice = VoiceSocket(await client.ws_connect("/ws/voice"))
+    started = await voice.until_type("session_started")
+    auth = {"Authorization": "Bearer adm-123"}
+    resp = await client.delete(f"/sessions/{started['session_id']}", headers=auth)
+    assert resp.status == 202
+    ended = await voice.until_type("status", status="ended")
+    assert ended["code"] == "ended_by_admin"
+    assert await voice.until_closed() == 1000
+    missing = await client.get(f"/sessions/{started['session_id']}", headers=auth)
+    assert missing.status == 404
+    assert (await client.delete("/sessions/nope", headers=auth)).status == 404
+
+
+@pytest.mark.parametrize("header", [None, "Bearer wrong", "Basic adm-123"])
+async def test_admin_routes_need_the_token(aiohttp_client: Any, header: str | None) -> None:
+    """With ADMIN_TOKEN set, /sessions answers 401 without the right bearer token."""
+    client = await client_for(aiohttp_client, ADMIN_TOKEN="adm-123")
+    headers = {"Authorization": header} if header else {}
+    resp = await client.get("/sessions", headers=headers)
+    assert resp.status == 401
+    assert "adm-123" not in await resp.text()
+    ok = await client.get("/sessions", headers={"Authorization": "Bearer adm-123"})
+    assert ok.status == 200
+
+
+async def test_client_token_is_required_when_set(aiohttp_client: Any) -> None:
+    """CLIENT_TOKEN: no or wrong token gets 401 before the upgrade; query or subprotocol works."""
+    client = await client_for(aiohttp_client, CLIENT_TOKEN="tok-123")
+    for url in ("/ws/voice", "/ws/voice?token=bad"):
+        with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+            await client.ws_connect(url)
+        assert info.value.status == 401
+    ws = await client.ws_connect("/ws/voice?token=tok-123")
+    await VoiceSocket(ws).until_type("session_started")
+    await ws.close()
+    ws = await client.ws_connect("/ws/voice", protocols=("voicebridge", "token.tok-123"))
+    assert ws.protocol == "voicebridge"
+    await VoiceSocket(ws).until_type("session_started")
+    await ws.close()
+
+
+async def test_foreign_origin_is_refused(aiohttp_client: Any) -> None:
+    """A browser page from another site cannot open a session (403); localhost can."""
+    client = await client_for(aiohttp_client)
+    with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+        await client.ws_connect("/ws/voice", headers={"Origin": "https://evil.example"})
+    assert info.value.status == 403
+    ws = await client.ws_connect("/ws/voice", headers={"Origin": "http://localhost:8000"})
+    await VoiceSocket(ws).until_type("session_started")
+    await ws.close()
+
+
+async def test_allowed_origins_list(aiohttp_client: Any) -> None:
+    """ALLOWED_ORIGINS admits exactly the listed origins."""
+    client = await client_for(aiohttp_client, ALLOWED_ORIGINS="https://app.example.com")
+    ws = await client.ws_connect("/ws/voice", headers={"Origin": "https://app.example.com"})
+    await ws.close()
+    with pytest.raises(aiohttp.WSServerHandshakeError):
+        await client.ws_connect("/ws/voice", headers={"Origin": "http://localhost:8000"})
+
+
+async def test_capacity_limit_closes_with_1013(aiohttp_client: Any) -> None:
+    """Past MAX_SESSIONS a new client gets an at_capacity error and close 1013."""
+    client = await client_for(aiohttp_client, MAX_SESSIONS="1")
+    first = VoiceSocket(await client.ws_connect("/ws/voice"))
+    await first.until_type("session_started")
+    second = VoiceSocket(await client.ws_connect("/ws/voice"))
+    error = await second.until_type("error")
+    assert error["code"] == "at_capacity"
+    assert await second.until_closed() == 1013
+    assert len(client.app[STATE].sessions) == 1
+    await first.ws.close()

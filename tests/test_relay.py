@@ -1,0 +1,323 @@
+"""The voice relay end to end: a client on /ws/voice, the real SDK, the emulator upstream."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from tests.conftest import make_settings
+from tests.speech import make_speech_pcm
+from tests.voice_client import VoiceSocket, is_msg, silence
+from voicebridge.app import STATE, create_app
+from voicebridge.config import Settings
+from voicebridge.emulator import EmulatorOptions, RunningEmulator, start_emulator
+
+KEY = "relay-test-key-000"
+
+StartEmulator = Callable[..., Awaitable[RunningEmulator]]
+MakeClient = Callable[..., Awaitable[TestClient[Any, Any]]]
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """About two seconds of real speech with silence either side, PCM16 24 kHz mono."""
+    path = tmp_path_factory.mktemp("speech") / "hello.raw"
+    pcm = make_speech_pcm("Hello, I would like to hear about your offer.", path)
+    return silence(600) + pcm + silence(1500)
+
+
+@pytest.fixture
+async def start_emu() -> AsyncIterator[StartEmulator]:
+    running: list[RunningEmulator] = []
+
+    async def start(**options: Any) -> RunningEmulator:
+        options.setdefault("realtime", False)
+        emu = await start_emulator(EmulatorOptions(api_key=KEY, **options), "127.0.0.1", 0)
+        running.append(emu)
+        return emu
+
+    yield start
+    for emu in running:
+        await emu.close()
+
+
+def relay_settings(emu: RunningEmulator, **overrides: str) -> Settings:
+    return make_settings(
+        VOICELIVE_BACKEND="azure",
+        AZURE_OPENAI_ENDPOINT=emu.url,
+        AZURE_OPENAI_KEY=KEY,
+        AZURE_OPENAI_DEPLOYMENT="gpt-realtime-test",
+        UPSTREAM_CONNECT_TIMEOUT_S="3",
+        **overrides,
+    )
+
+
+@pytest.fixture
+async def make_client(aiohttp_client: Any) -> MakeClient:
+    async def make(settings: Settings) -> TestClient[Any, Any]:
+        client: TestClient[Any, Any] = await aiohttp_client(create_app(settings))
+        return client
+
+    return make
+
+
+async def open_voice(client: TestClient[Any, Any], **kwargs: Any) -> VoiceSocket:
+    ws = await client.ws_connect("/ws/voice", **kwargs)
+    return VoiceSocket(ws)
+
+
+async def started(client: TestClient[Any, Any]) -> VoiceSocket:
+    voice = await open_voice(client)
+    await voice.until_type("session_started")
+    await voice.until_type("status", status="ready")
+    return voice
+
+
+async def no_sessions_left(app: web.Application, emu: RunningEmulator) -> None:
+    """Wait until the app holds no session and the emulator no connection."""
+    async with asyncio.timeout(10):
+        while app[STATE].sessions or emu.connections:
+            await asyncio.sleep(0.02)
+    assert await app[STATE].registry.count() == 0
+
+
+async def test_full_spoken_turn(start_emu: StartEmulator, make_client: MakeClient, speech: bytes) -> None:
+    """Speech in gives listening, processing, the user transcript, agent audio, then ready."""
+    emu = await start_emu()
+    client = await make_client(relay_settings(emu))
+    voice = await started(client)
+    started_msg = voice.messages("session_started")[0]
+    assert started_msg["session_id"] and started_msg["backend"] == "azure"
+    await voice.send_audio(speech)
+    await voice.until_type("agent_transcript")
+    await voice.until_type("status", status="ready")
+    statuses = voice.statuses()
+    assert statuses[:5] == ["ready", "listening", "processing", "agent_speaking", "ready"]
+    kinds = [e[1]["type"] if e[0] == "json" else e[0] for e in voice.events]
+    assert kinds.index("user_transcript") < kinds.index("audio")
+    first_audio = kinds.index("audio")
+    assert kinds[first_audio - 1] == "status"  # agent_speaking comes just before the voice
+    # The emulator echoes the utterance: the agent's audio is about as long as the speech.
+    assert voice.audio_bytes() > 0.5 * 48 * 1000
+    assert "heard" in voice.messages("user_transcript")[0]["text"]
+    await voice.ws.close()
+    await no_sessions_left(client.app, emu)
+
+
+async def test_proactive_greeting(start_emu: StartEmulator, make_client: MakeClient) -> None:
+    """With ENABLE_PROACTIVE_GREETING the agent speaks first, with no user input."""
+    emu = await start_emu()
+    client = await make_client(relay_settings(emu, ENABLE_PROACTIVE_GREETING="true"))
+    voice = await started(client)
+    await voice.until_type("agent_transcript")
+    assert voice.audio_bytes() > 0
+    assert "agent_speaking" in voice.statuses()
+
+
+async def test_text_message_is_answered(start_emu: StartEmulator, make_client: MakeClient) -> None:
+    """A typed message becomes a user item and the agent answers it."""
+    emu = await start_emu()
+    client = await make_client(relay_settings(emu))
+    voice = await started(client)
+    await voice.ws.send_json({"type": "text", "text": "What does the premium plan cost?"})
+    answer = await voice.until_type("agent_transcript")
+    assert "premium plan" in answer["text"]
+    assert voice.audio_bytes() > 0
+
+
+@pytest.mark.parametrize(
+    ("frame", "code", "words"),
+    [
+        ("{not json", "bad_json", "not valid JSON"),
+        ("[1, 2]", "bad_message", "JSON object"),
+        ('{"type": "dance"}', "unknown_type", "dance"),
+        ('{"no_type": 1}', "bad_message", "no 'type'"),
+        ('{"type": "audio"}', "bad_audio", "base64"),
+        ('{"type": "audio", "audio": "***"}', "bad_audio", "not valid base64"),
+        ('{"type": "text", "text": ""}', "bad_message", "non-empty"),
+    ],
+)
+async def test_bad_input_gets_an_error_and_the_session_goes_on(
+    start_emu: StartEmulator, make_client: MakeClient, frame: str, code: str, words: str
+) -> None:
+    """Each kind of bad input is answered with a clear error; ping still works after."""
+    emu = await start_emu()
+    client = await make_client(relay_settings(emu))
+    voice = await started(client)
+    await voice.ws.send_str(frame)
+    error = await voice.until_type("error")
+    assert error["code"] == code
+    assert words in error["message"]
+    await voice.ws.send_json({"type": "ping"})
+    await voice.until_type("pong")
+    assert not voice.ws.closed
+
+
+async def test_odd_frames_lose_no_sample(start_emu: StartEmulator, make_client: MakeClient) -> None:
+    """Odd-length binary frames are re-aligned: every byte reaches the upstream in order."""
+    emu = await start_emu(mirror=True)
+    client = await make_client(relay_settings(emu))
+    voice = await started(client)
+    sent = bytes(range(256)) * 8
+    pieces = [sent[:3], sent[3:100], sent[100:101], sent[101:1001], sent[1001:]]
+    for piece in pieces:
+        await voice.ws.send_bytes(piece)
+    b64 = base64.b64encode(b"\x01\x02\x03").decode()  # odd base64 audio is aligned too
+    await voice.ws.send_json({"type": "audio", "audio": b64})
+    expected = sent + b"\x01\x02"
+    got = b""
+    while len(got) < len(expected):
+        kind, data = await voice.next()
+        if kind == "audio":
+            got += data
+    assert got == expected
+
+
+async def test_barge_in_clears_audio_and_nothing_of_it_follows(
+    start_emu: StartEmulator, make_client: MakeClient, speech: bytes
+) -> None:
+    """Speaking over the agent: clear_audio, then no audio of that response reaches the client."""
+    emu = await start_emu(realtime=True)
+    client = await make_client(relay_settings(emu))
+    voice = await started(client)
+    await voice.send_audio(speech)
+    # Let the agent start speaking, then talk over it.
+    await voice.until(lambda e: e[0] == "audio")
+    await voice.send_audio(speech)
+    await voice.until(lambda e: is_msg(e, "clear_audio"))
+    # Everything after clear_audio until the next answer starts must be silence.
+    after = await voice.until(lambda e: is_msg(e, "status", status="agent_speaking"), timeout=30)
+    assert not [e for e in after if e[0] == "audio"]
+    assert is_msg(after[0], "status", status="listening")
+    errors = voice.messages("error")
+    assert errors == [], errors  # response_cancel_not_active races are not shown
+    session = next(iter(client.app[STATE].sessions.values()))
+    assert session.stats.barge_ins == 1
+
+
+async def test_upstream_refused(start_emu: StartEmulator, make_client: MakeClient) -> None:
+    """An upstream that refuses: the client is told why (no key) and closed with 1011."""
+    emu = await start_emu(refuse_connections=True)
+    client = await make_client(relay_settings(emu))
+    voice = await open_voice(client)
+    error = await voice.until_type("error")
+    assert error["code"] == "upstream_connect_failed"
+    assert "503" in error["message"]
+    assert KEY not in json.dumps(error)
+    assert await voice.until_closed() == 1011
+    await no_sessions_left(client.app, emu)
+
+
+async def test_upstream_wrong_key(start_emu: StartEmulator, make_client: MakeClient) -> None:
+    """A rejected API key is reported as such, without the key."""
+    emu = await start_emu()
+    settings = relay_settings(emu)
+    client = await make_client(
+        make_settings(
+            VOICELIVE_BACKEND="azure",
+            AZURE_OPENAI_ENDPOINT=emu.url,
+            AZURE_OPENAI_KEY="wrong-key-42",
+            AZURE_OPENAI_DEPLOYMENT=settings.azure_openai_deployment,
+        )
+    )
+    voice = await open_voice(client)
+    error = await voice.until_type("error")
+    assert "401" in error["message"] and "wrong-key-42" not in error["message"]
+    assert await voice.until_closed() == 1011
+
+
+async def test_upstream_connect_timeout(make_client: MakeClient) -> None:
+    """An upstream that accepts TCP but never answers times out: error, close 1011."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        client = await make_client(
+            make_settings(
+                VOICELIVE_BACKEND="azure",
+                AZURE_OPENAI_ENDPOINT=f"ws://127.0.0.1:{port}",
+                AZURE_OPENAI_KEY=KEY,
+                AZURE_OPENAI_DEPLOYMENT="x",
+                UPSTREAM_CONNECT_TIMEOUT_S="0.5",
+            )
+        )
+        voice = await open_voice(client)
+        error = await voice.until_type("error")
+        assert error["code"] == "upstream_connect_failed"
+        assert "did not answer within 0.5 s" in error["message"]
+        assert await voice.until_closed() == 1011
+    finally:
+        for writer in accepted:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_upstream_drops_mid_response(
+    start_emu: StartEmulator, make_client: MakeClient
+) -> None:
+    """The upstream vanishing mid-response: the client is told and closed with 1011."""
+    emu = await start_emu(close_after_events=12, realtime=True)
+    client = await make_client(relay_settings(emu))
+    voice = await started(client)
+    await voice.ws.send_json({"type": "text", "text": "Tell me a long story please."})
+    error = await voice.until_type("error")
+    assert error["code"] == "upstream_closed"
+    assert await voice.until_closed() == 1011
+    await no_sessions_left(client.app, emu)
+
+
+async def test_upstream_error_mid_response_is_relayed(
+    start_emu: StartEmulator, make_client: MakeClient
+) -> None:
+    """A service error during a response reaches the client and the session goes on."""
+    emu = await start_emu(error_mid_response=True)
+    client = await make_client(relay_settings(emu))
+    voice = await started(client)
+    await voice.ws.send_json({"type": "text", "text": "Hello there, how are you today?"})
+    error = await voice.until_type("error")
+    assert error["code"] and error["message"]
+    await voice.ws.send_json({"type": "ping"})
+    await voice.until_type("pong")
+
+
+async def test_client_vanishes_mid_response(
+    start_emu: StartEmulator, make_client: MakeClient
+) -> None:
+    """A client that disconnects mid-response leaves no session or upstream behind."""
+    emu = await start_emu(realtime=True)
+    client = await make_client(relay_settings(emu))
+    voice = await started(client)
+    await voice.ws.send_json({"type": "text", "text": "Tell me a long story please."})
+    await voice.until(lambda e: e[0] == "audio")
+    assert emu.connections == 1
+    await voice.ws.close()
+    await no_sessions_left(client.app, emu)
+
+
+async def test_instructions_file_is_read_per_session(
+    start_emu: StartEmulator, make_client: MakeClient, tmp_path: Path
+) -> None:
+    """Editing the instructions file changes the next session without a restart."""
+    emu = await start_emu()
+    prompt = tmp_path / "agent.md"
+    prompt.write_text("first prompt")
+    client = await make_client(relay_settings(emu, AGENT_INSTRUCTIONS_FILE=str(prompt)))
+    voice = await started(client)
+    assert emu.last_session_config()["instructions"] == "first prompt"
+    await voice.ws.close()
+    prompt.write_text("second prompt")
+    await started(client)
+    assert emu.last_session_config()["instructions"] == "second prompt"

@@ -1,0 +1,83 @@
+"""A small test client for ``/ws/voice`` that records everything the server sends."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+
+FRAME_BYTES = 960  # 20 ms of PCM16 at 24 kHz
+
+Event = tuple[str, Any]  # ("json", dict) | ("audio", bytes) | ("closed", close code)
+
+
+class VoiceSocket:
+    """Wraps a client WebSocket; reads events in order and remembers them all."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.events: list[Event] = []
+        self.closed_code: int | None = None
+
+    async def next(self, timeout: float = 15.0) -> Event:
+        async with asyncio.timeout(timeout):
+            msg = await self.ws.receive()
+        if msg.type is aiohttp.WSMsgType.TEXT:
+            event: Event = ("json", json.loads(msg.data))
+        elif msg.type is aiohttp.WSMsgType.BINARY:
+            event = ("audio", msg.data)
+        else:
+            self.closed_code = self.ws.close_code
+            event = ("closed", self.ws.close_code)
+        self.events.append(event)
+        return event
+
+    async def until(self, pred: Callable[[Event], bool], timeout: float = 20.0) -> list[Event]:
+        """Read events until one satisfies ``pred``; return those read, that one last."""
+        seen: list[Event] = []
+        async with asyncio.timeout(timeout):
+            while True:
+                event = await self.next(timeout)
+                seen.append(event)
+                if pred(event):
+                    return seen
+                if event[0] == "closed":
+                    raise AssertionError(f"socket closed before the awaited event: {seen[-5:]}")
+
+    async def until_type(self, kind: str, timeout: float = 20.0, **fields: Any) -> dict[str, Any]:
+        events = await self.until(lambda e: is_msg(e, kind, **fields), timeout)
+        last = events[-1][1]
+        assert isinstance(last, dict)
+        return last
+
+    async def until_closed(self, timeout: float = 20.0) -> int | None:
+        await self.until(lambda e: e[0] == "closed", timeout)
+        return self.closed_code
+
+    async def send_audio(self, pcm: bytes, frame: int = FRAME_BYTES) -> None:
+        for i in range(0, len(pcm), frame):
+            await self.ws.send_bytes(pcm[i : i + frame])
+
+    def messages(self, kind: str | None = None) -> list[dict[str, Any]]:
+        return [
+            e[1] for e in self.events if e[0] == "json" and (kind is None or e[1]["type"] == kind)
+        ]
+
+    def statuses(self) -> list[str]:
+        return [m["status"] for m in self.messages("status")]
+
+    def audio_bytes(self) -> int:
+        return sum(len(e[1]) for e in self.events if e[0] == "audio")
+
+
+def is_msg(event: Event, kind: str, **fields: Any) -> bool:
+    if event[0] != "json" or event[1].get("type") != kind:
+        return False
+    return all(event[1].get(k) == v for k, v in fields.items())
+
+
+def silence(ms: int) -> bytes:
+    return b"\x00\x00" * (24 * ms)
