@@ -316,8 +316,42 @@ async def test_instructions_file_is_read_per_session(
     prompt.write_text("first prompt")
     client = await make_client(relay_settings(emu, AGENT_INSTRUCTIONS_FILE=str(prompt)))
     voice = await started(client)
-    assert emu.last_session_config()["instructions"] == "first prompt"
+    config = emu.last_session_config()
+    assert config is not None
+    assert config["instructions"] == "first prompt"
     await voice.ws.close()
     prompt.write_text("second prompt")
     await started(client)
-    assert emu.last_session_config()["instructions"] == "second prompt"
+    config = emu.last_session_config()
+    assert config is not None
+    assert config["instructions"] == "second prompt"
+
+
+@pytest.mark.parametrize(
+    ("voice", "kind"), [("alloy", "openai"), ("en-US-AvaNeural", "azure-standard")]
+)
+async def test_session_is_configured_from_settings(
+    start_emu: StartEmulator, make_client: MakeClient, voice: str, kind: str
+) -> None:
+    """The voice, VAD settings, audio processing and transcription reach the service."""
+    emu = await start_emu()
+    client = await make_client(
+        relay_settings(
+            emu,
+            VOICE_NAME=voice,
+            VAD_THRESHOLD="0.65",
+            VAD_PREFIX_PADDING_MS="250",
+            VAD_SILENCE_DURATION_MS="700",
+        )
+    )
+    await started(client)
+    config = emu.last_session_config()
+    assert config is not None
+    assert config["voice"]["type"] == kind and config["voice"]["name"] == voice
+    vad = config["turn_detection"]
+    assert (vad["type"], vad["threshold"], vad["prefix_padding_ms"]) == ("server_vad", 0.65, 250)
+    assert vad["silence_duration_ms"] == 700 and vad["interrupt_response"] is True
+    assert config["input_audio_noise_reduction"]["type"] == "azure_deep_noise_suppression"
+    assert config["input_audio_echo_cancellation"]["type"] == "server_echo_cancellation"
+    assert config["input_audio_transcription"]["model"]
+    assert (config["input_audio_format"], config["output_audio_format"]) == ("pcm16", "pcm16")

@@ -29,8 +29,10 @@ def _build_parser() -> argparse.ArgumentParser:
     emulator = sub.add_parser("emulator", help="run the local Voice Live emulator alone")
     from voicebridge.emulator import add_emulator_arguments
 
+    emulator.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    emulator.add_argument("--port", type=int, default=8765, help="port (0 picks a free one)")
     add_emulator_arguments(emulator)
-    emulator.add_argument("--log-level", default="INFO")
+    emulator.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
 
     loadtest = sub.add_parser("loadtest", help="simulate N real-time voice clients")
     from voicebridge.loadtest import add_loadtest_arguments

@@ -1,0 +1,141 @@
+"""Settings of the local Voice Live emulator, and the command-line flags that build them.
+
+`EmulatorOptions` is a frozen value: a running emulator can swap it for another one
+(`RunningEmulator.set_options`) so a test can switch fault injection on and off without a
+restart. Options that shape a connection as a whole (`close_after_s`,
+`close_after_events`) are read once when the connection opens; everything else is read
+each time it is needed, so a change applies to the next audio frame or response.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import attrs
+
+DEFAULT_API_KEY = "emulator-key"
+
+
+def _non_negative(_instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if value < 0:
+        raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
+
+
+def _optional_positive_float(
+    _instance: object, attribute: attrs.Attribute[float | None], value: float | None
+) -> None:
+    if value is not None and value <= 0:
+        raise ValueError(f"{attribute.name} must be > 0 when set, got {value!r}")
+
+
+def _optional_positive_int(
+    _instance: object, attribute: attrs.Attribute[int | None], value: int | None
+) -> None:
+    if value is not None and value <= 0:
+        raise ValueError(f"{attribute.name} must be > 0 when set, got {value!r}")
+
+
+def _positive_int(_instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if value <= 0:
+        raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
+
+
+@attrs.frozen
+class EmulatorOptions:
+    """How the emulator behaves: credentials, pacing and fault injection."""
+
+    #: The key clients must present (`api-key` header, or `Authorization: Bearer <key>`).
+    api_key: str = attrs.field(default=DEFAULT_API_KEY, repr=False)
+    #: Pace response audio in real time; False sends it as fast as the socket takes it.
+    realtime: bool = True
+    #: Benchmark mode: every `input_audio_buffer.append` is answered at once by one
+    #: `response.audio.delta` carrying the same base64 audio; no VAD and no responses.
+    mirror: bool = False
+    #: Reject every WebSocket handshake with HTTP 503.
+    refuse_connections: bool = False
+    #: Drop each connection (TCP abort, no close frame) this many seconds after it opens.
+    close_after_s: float | None = attrs.field(default=None, validator=_optional_positive_float)
+    #: Drop each connection (TCP abort, no close frame) after sending this many events.
+    close_after_events: int | None = attrs.field(default=None, validator=_optional_positive_int)
+    #: Wait this long before the first `response.audio.delta` of every response.
+    first_audio_delay_s: float = attrs.field(default=0.0, validator=_non_negative)
+    #: Send a `server_error` `error` event halfway through every response's audio.
+    error_mid_response: bool = False
+    #: Duration of the audio carried by each `response.audio.delta`.
+    chunk_ms: int = attrs.field(default=100, validator=_positive_int)
+    #: Longest utterance (or manually buffered audio) kept in memory; a longer turn is
+    #: ended by the server as if the speaker had paused.
+    max_utterance_s: float = attrs.field(default=30.0, validator=_non_negative)
+
+
+def add_emulator_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the emulator's flags (`--api-key`, fault injection, pacing) to `parser`."""
+    parser.add_argument(
+        "--api-key",
+        default=DEFAULT_API_KEY,
+        help="key clients must send in the api-key header (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--fast",
+        action="store_true",
+        help="send response audio as fast as possible instead of in real time",
+    )
+    parser.add_argument(
+        "--mirror",
+        action="store_true",
+        help="benchmark mode: echo every appended audio frame at once as one audio delta",
+    )
+    parser.add_argument(
+        "--refuse", action="store_true", help="reject every connection with HTTP 503"
+    )
+    parser.add_argument(
+        "--close-after-s",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="drop every connection abruptly this many seconds after it opens",
+    )
+    parser.add_argument(
+        "--close-after-events",
+        type=int,
+        default=None,
+        metavar="N",
+        help="drop every connection abruptly after sending N events",
+    )
+    parser.add_argument(
+        "--first-audio-delay-s",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="delay before the first audio delta of each response (default: 0)",
+    )
+    parser.add_argument(
+        "--error-mid-response",
+        action="store_true",
+        help="send an error event halfway through each response's audio",
+    )
+    parser.add_argument(
+        "--chunk-ms",
+        type=int,
+        default=100,
+        metavar="MS",
+        help="audio carried by each response.audio.delta (default: %(default)s)",
+    )
+
+
+def options_from_args(args: argparse.Namespace) -> EmulatorOptions:
+    """Build `EmulatorOptions` from flags added by `add_emulator_arguments`.
+
+    Raises ValueError (with the flag's meaning in the message) for out-of-range values.
+    """
+    return EmulatorOptions(
+        api_key=args.api_key,
+        realtime=not args.fast,
+        mirror=args.mirror,
+        refuse_connections=args.refuse,
+        close_after_s=args.close_after_s,
+        close_after_events=args.close_after_events,
+        first_audio_delay_s=args.first_audio_delay_s,
+        error_mid_response=args.error_mid_response,
+        chunk_ms=args.chunk_ms,
+    )

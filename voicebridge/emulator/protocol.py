@@ -1,0 +1,440 @@
+"""The Voice Live wire protocol as the emulator speaks it: session configuration and events.
+
+Pure functions over JSON-ready dicts: validating `session.update`, and building the server
+events whose names and fields follow `azure.ai.voicelive.models` (ServerEvent* classes).
+No I/O here and no SDK model objects: the hot path must stay cheap, and the tests check
+every event built here against the SDK's deserializer instead.
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+JSON = dict[str, Any]
+
+# --- error codes -------------------------------------------------------------------------
+# The service's codes where its behaviour is known; `emulator_unsupported` marks values the
+# service accepts but the emulator does not implement (e.g. g711 audio).
+ERR_INVALID_JSON = "invalid_json"
+ERR_INVALID_EVENT = "invalid_event"
+ERR_MISSING_PARAMETER = "missing_required_parameter"
+ERR_INVALID_VALUE = "invalid_value"
+ERR_UNKNOWN_PARAMETER = "unknown_parameter"
+ERR_EMULATOR_UNSUPPORTED = "emulator_unsupported"
+ERR_COMMIT_EMPTY = "input_audio_buffer_commit_empty"
+ERR_BUFFER_FULL = "input_audio_buffer_full"
+ERR_CANCEL_NOT_ACTIVE = "response_cancel_not_active"
+ERR_ACTIVE_RESPONSE = "conversation_already_has_active_response"
+ERR_ITEM_NOT_FOUND = "item_not_found"
+ERR_TRUNCATE_INVALID = "item_truncate_invalid_audio_end_ms"
+ERR_INJECTED = "emulator_injected_fault"
+
+CLIENT_EVENT_TYPES = (
+    "session.update",
+    "input_audio_buffer.append",
+    "input_audio_buffer.commit",
+    "input_audio_buffer.clear",
+    "conversation.item.create",
+    "conversation.item.retrieve",
+    "conversation.item.truncate",
+    "conversation.item.delete",
+    "response.create",
+    "response.cancel",
+    "output_audio_buffer.clear",
+)
+
+
+@attrs.define
+class ProtocolError(Exception):
+    """A client event the service would refuse; becomes an `error` event, socket stays open."""
+
+    code: str
+    message: str
+    param: str | None = None
+    type: str = "invalid_request_error"
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+@attrs.define
+class Ids:
+    """Identifier factory for one connection: unique, short, and cheap (a counter)."""
+
+    _prefix: str = attrs.field(factory=lambda: secrets.token_hex(4))
+    _counter: itertools.count[int] = attrs.field(factory=itertools.count)
+
+    def new(self, kind: str) -> str:
+        """A fresh id such as `item_1a2b3c4d_7` (kind: event, item, resp, sess, conv)."""
+        return f"{kind}_{self._prefix}_{next(self._counter)}"
+
+
+def error_event(event_id: str, error: ProtocolError, client_event_id: str | None) -> JSON:
+    """The service's `error` event (SDK: ServerEventError / ServerEventErrorDetails)."""
+    return {
+        "type": "error",
+        "event_id": event_id,
+        "error": {
+            "type": error.type,
+            "code": error.code,
+            "message": error.message,
+            "param": error.param,
+            "event_id": client_event_id,
+        },
+    }
+
+
+# --- session configuration ---------------------------------------------------------------
+
+OPENAI_VOICES = frozenset(
+    {"alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar"}
+)
+AZURE_VOICE_TYPES = frozenset(
+    {"azure-standard", "azure-custom", "azure-personal", "azure-realtime-native"}
+)
+VAD_TYPES = frozenset(
+    {
+        "server_vad",
+        # Semantic VADs are emulated with the same energy detector.
+        "azure_semantic_vad",
+        "azure_semantic_vad_en",
+        "azure_semantic_vad_multilingual",
+    }
+)
+NOISE_REDUCTION_TYPES = frozenset({"azure_deep_noise_suppression", "near_field", "far_field"})
+MODALITIES = frozenset({"text", "audio", "animation", "avatar"})
+KNOWN_INPUT_FORMATS = frozenset({"pcm16", "g711_ulaw", "g711_alaw"})
+KNOWN_OUTPUT_FORMATS = frozenset(
+    {"pcm16", "pcm16_8000hz", "pcm16_16000hz", "g711_ulaw", "g711_alaw"}
+)
+KNOWN_SAMPLING_RATES = frozenset({8000, 16000, 24000})
+
+# Fields of the SDK's RequestSession; the emulator stores and echoes the ones it does not act
+# on (tools, avatar, ...), and refuses anything else as the service does.
+SESSION_FIELDS = frozenset(
+    {
+        "model",
+        "modalities",
+        "animation",
+        "voice",
+        "instructions",
+        "input_audio_sampling_rate",
+        "input_audio_format",
+        "output_audio_format",
+        "turn_detection",
+        "input_audio_noise_reduction",
+        "input_audio_echo_cancellation",
+        "avatar",
+        "input_audio_transcription",
+        "output_audio_timestamp_types",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "temperature",
+        "max_response_output_tokens",
+        "reasoning_effort",
+        "interim_response",
+        "include",
+        "metadata",
+    }
+)
+
+DEFAULT_TURN_DETECTION: JSON = {
+    "type": "server_vad",
+    "threshold": 0.5,
+    "prefix_padding_ms": 300,
+    "silence_duration_ms": 500,
+    "create_response": True,
+    "interrupt_response": True,
+    "auto_truncate": False,
+}
+
+
+def default_session(session_id: str, model: str) -> JSON:
+    """The configuration a new connection starts with (echoed in `session.created`)."""
+    return {
+        "id": session_id,
+        "object": "realtime.session",
+        "model": model,
+        "modalities": ["text", "audio"],
+        "voice": {"type": "openai", "name": "alloy"},
+        "instructions": "",
+        "input_audio_format": "pcm16",
+        "output_audio_format": "pcm16",
+        "input_audio_sampling_rate": 24000,
+        "turn_detection": dict(DEFAULT_TURN_DETECTION),
+        "input_audio_noise_reduction": None,
+        "input_audio_echo_cancellation": None,
+        "input_audio_transcription": None,
+        "tools": [],
+        "tool_choice": "auto",
+        "temperature": 0.8,
+        "max_response_output_tokens": "inf",
+    }
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _invalid(param: str, message: str) -> ProtocolError:
+    return ProtocolError(ERR_INVALID_VALUE, message, param)
+
+
+def _require_object(value: object, param: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise _invalid(param, f"Invalid type for '{param}': expected an object.")
+    return value
+
+
+def _normalize_voice(value: object) -> JSON:
+    param = "session.voice"
+    if isinstance(value, str):
+        if value in OPENAI_VOICES:
+            return {"type": "openai", "name": value}
+        if value.endswith("Neural") and value.count("-") >= 2:
+            return {"type": "azure-standard", "name": value}
+        raise _invalid(param, f"Invalid value: '{value}' is not a known voice name.")
+    voice = _require_object(value, param)
+    kind = voice.get("type")
+    name = voice.get("name")
+    if not isinstance(name, str) or not name:
+        raise ProtocolError(ERR_MISSING_PARAMETER, "Missing required parameter: 'name'.", param)
+    if kind == "openai":
+        if name not in OPENAI_VOICES:
+            raise _invalid(
+                f"{param}.name",
+                f"Invalid value: '{name}'. Supported values are: {sorted(OPENAI_VOICES)}.",
+            )
+    elif kind not in AZURE_VOICE_TYPES:
+        raise _invalid(f"{param}.type", f"Invalid value: '{kind}' is not a supported voice type.")
+    return dict(voice)
+
+
+def _normalize_turn_detection(value: object) -> JSON | None:
+    param = "session.turn_detection"
+    if value is None:
+        return None
+    spec = _require_object(value, param)
+    kind = spec.get("type")
+    if kind == "none":
+        return None
+    if kind not in VAD_TYPES:
+        raise _invalid(
+            f"{param}.type", f"Invalid value: '{kind}'. Supported values are: {sorted(VAD_TYPES)}."
+        )
+    merged = {**DEFAULT_TURN_DETECTION, **spec}
+    threshold = merged["threshold"]
+    if not _is_number(threshold) or not 0.0 <= threshold <= 1.0:
+        raise _invalid(
+            f"{param}.threshold", f"Invalid 'threshold': {threshold!r}; expected 0.0 to 1.0."
+        )
+    for key in ("prefix_padding_ms", "silence_duration_ms"):
+        ms = merged[key]
+        if not isinstance(ms, int) or isinstance(ms, bool) or ms < 0:
+            raise _invalid(f"{param}.{key}", f"Invalid '{key}': {ms!r}; expected an integer >= 0.")
+    for key in ("create_response", "interrupt_response", "auto_truncate"):
+        if not isinstance(merged[key], bool):
+            raise _invalid(f"{param}.{key}", f"Invalid '{key}': expected a boolean.")
+    return merged
+
+
+def _check_format(value: object, param: str, known: frozenset[str]) -> str:
+    if value == "pcm16":
+        return value
+    if isinstance(value, str) and value in known:
+        raise ProtocolError(
+            ERR_EMULATOR_UNSUPPORTED,
+            f"The emulator handles pcm16 audio only, not '{value}'.",
+            param,
+        )
+    raise _invalid(param, f"Invalid value: {value!r}. Supported values are: {sorted(known)}.")
+
+
+def _check_typed(value: object, param: str, types: frozenset[str]) -> JSON | None:
+    if value is None:
+        return None
+    spec = _require_object(value, param)
+    if spec.get("type") not in types:
+        raise _invalid(
+            f"{param}.type",
+            f"Invalid value: {spec.get('type')!r}. Supported values are: {sorted(types)}.",
+        )
+    return dict(spec)
+
+
+def _check_transcription(value: object, param: str) -> JSON | None:
+    if value is None:
+        return None
+    spec = _require_object(value, param)
+    if not isinstance(spec.get("model"), str) or not spec["model"]:
+        raise ProtocolError(ERR_MISSING_PARAMETER, "Missing required parameter: 'model'.", param)
+    return dict(spec)
+
+
+def apply_session_update(current: Mapping[str, Any], update: object) -> JSON:
+    """The session after `update` (a `session.update` event's `session`), all or nothing.
+
+    Raises ProtocolError for the first invalid or unknown field.
+    """
+    fields = _require_object(update, "session")
+    new = dict(current)
+    for key, value in fields.items():
+        param = f"session.{key}"
+        if key not in SESSION_FIELDS:
+            raise ProtocolError(ERR_UNKNOWN_PARAMETER, f"Unknown parameter: '{param}'.", param)
+        if key == "voice":
+            new[key] = _normalize_voice(value)
+        elif key == "turn_detection":
+            new[key] = _normalize_turn_detection(value)
+        elif key == "input_audio_format":
+            new[key] = _check_format(value, param, KNOWN_INPUT_FORMATS)
+        elif key == "output_audio_format":
+            new[key] = _check_format(value, param, KNOWN_OUTPUT_FORMATS)
+        elif key == "input_audio_sampling_rate":
+            if value not in KNOWN_SAMPLING_RATES:
+                raise _invalid(param, f"Invalid value: {value!r}; expected 8000, 16000 or 24000.")
+            if value != 24000:
+                raise ProtocolError(
+                    ERR_EMULATOR_UNSUPPORTED, "The emulator handles 24 kHz audio only.", param
+                )
+            new[key] = value
+        elif key == "input_audio_noise_reduction":
+            new[key] = _check_typed(value, param, NOISE_REDUCTION_TYPES)
+        elif key == "input_audio_echo_cancellation":
+            new[key] = _check_typed(value, param, frozenset({"server_echo_cancellation"}))
+        elif key == "input_audio_transcription":
+            new[key] = _check_transcription(value, param)
+        elif key == "modalities":
+            if (
+                not isinstance(value, list)
+                or not value
+                or not all(isinstance(m, str) and m in MODALITIES for m in value)
+            ):
+                raise _invalid(param, f"Invalid value: {value!r}; expected a list of modalities.")
+            new[key] = list(value)
+        elif key == "instructions":
+            if not isinstance(value, str):
+                raise _invalid(param, "Invalid type for 'instructions': expected a string.")
+            new[key] = value
+        elif key == "temperature":
+            if not _is_number(value) or not 0.0 <= value <= 2.0:
+                raise _invalid(param, f"Invalid 'temperature': {value!r}.")
+            new[key] = value
+        elif key == "max_response_output_tokens":
+            valid_int = isinstance(value, int) and not isinstance(value, bool) and value > 0
+            if not valid_int and value != "inf":
+                raise _invalid(param, f"Invalid value: {value!r}; expected a positive integer.")
+            new[key] = value
+        else:
+            new[key] = value
+    return new
+
+
+@attrs.frozen
+class TurnSettings:
+    """The parts of `turn_detection` the emulator acts on."""
+
+    threshold: float
+    prefix_padding_ms: int
+    silence_duration_ms: int
+    create_response: bool
+    interrupt_response: bool
+
+
+def turn_settings(session: Mapping[str, Any]) -> TurnSettings | None:
+    """Server VAD settings of a validated session, or None for manual turns."""
+    spec = session.get("turn_detection")
+    if spec is None:
+        return None
+    return TurnSettings(
+        threshold=float(spec["threshold"]),
+        prefix_padding_ms=spec["prefix_padding_ms"],
+        silence_duration_ms=spec["silence_duration_ms"],
+        create_response=spec["create_response"],
+        interrupt_response=spec["interrupt_response"],
+    )
+
+
+# --- items and responses -----------------------------------------------------------------
+
+
+def user_audio_item(item_id: str) -> JSON:
+    """A committed user turn (SDK: ResponseMessageItem with an input_audio part)."""
+    return {
+        "id": item_id,
+        "object": "realtime.item",
+        "type": "message",
+        "status": "completed",
+        "role": "user",
+        "content": [{"type": "input_audio", "transcript": None}],
+    }
+
+
+def assistant_item(item_id: str, status: str, part: JSON | None) -> JSON:
+    """The assistant message a response produces (content empty while in progress)."""
+    return {
+        "id": item_id,
+        "object": "realtime.item",
+        "type": "message",
+        "status": status,
+        "role": "assistant",
+        "content": [] if part is None else [part],
+    }
+
+
+def response_object(
+    response_id: str,
+    status: str,
+    session: Mapping[str, Any],
+    modalities: list[str],
+    *,
+    output: list[JSON] | None = None,
+    status_details: JSON | None = None,
+    usage: JSON | None = None,
+) -> JSON:
+    """The `response` of response.created / response.done (SDK: Response)."""
+    return {
+        "id": response_id,
+        "object": "realtime.response",
+        "status": status,
+        "status_details": status_details,
+        "output": output or [],
+        "usage": usage,
+        "modalities": modalities,
+        "voice": session.get("voice"),
+        "output_audio_format": session.get("output_audio_format", "pcm16"),
+        "temperature": session.get("temperature"),
+        "max_output_tokens": session.get("max_response_output_tokens", "inf"),
+    }
+
+
+def usage(input_audio_ms: int, input_text: str, output_audio_ms: int, output_text: str) -> JSON:
+    """Token usage with the service's shape; the counts are rough estimates.
+
+    Audio is counted at 10 tokens/s in and 20 tokens/s out, text at 4 characters a token.
+    """
+    audio_in = -(-input_audio_ms // 100)
+    text_in = -(-len(input_text) // 4)
+    audio_out = -(-output_audio_ms // 50)
+    text_out = -(-len(output_text) // 4)
+    total_in = audio_in + text_in
+    total_out = audio_out + text_out
+    return {
+        "total_tokens": total_in + total_out,
+        "input_tokens": total_in,
+        "output_tokens": total_out,
+        "input_token_details": {
+            "cached_tokens": 0,
+            "text_tokens": text_in,
+            "audio_tokens": audio_in,
+            "image_tokens": 0,
+            "cached_tokens_details": {"text_tokens": 0, "audio_tokens": 0, "image_tokens": 0},
+        },
+        "output_token_details": {"text_tokens": text_out, "audio_tokens": audio_out},
+    }

@@ -1,0 +1,304 @@
+"""The emulator's transport: an aiohttp app serving `/voice-live/realtime` like Azure does.
+
+The handshake is checked the way the service checks it (query parameters `api-version` and
+`model`, then the `api-key` header or `Authorization: Bearer <key>`), then each socket gets
+an `EmulatorSession` (session.py) fed frame by frame. Fault injection that concerns the
+connection itself (refusal, abrupt drops) lives here.
+
+`start_emulator` runs the app on a free port for tests and embedding; `run_emulator` is the
+blocking entry point of `python -m voicebridge emulator`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import signal
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from types import TracebackType
+from typing import Any
+
+import attrs
+import orjson
+import structlog
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from voicebridge.emulator.options import EmulatorOptions
+from voicebridge.emulator.session import EmulatorSession
+
+log = structlog.get_logger(__name__)
+
+ROUTE = "/voice-live/realtime"
+#: How long a server-side close waits for the client's close frame before dropping it.
+CLOSE_TIMEOUT_S = 1.0
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+@attrs.define(eq=False)
+class EmulatorState:
+    """What the app shares between connections: live options and the open sockets."""
+
+    options: EmulatorOptions
+    sockets: set[web.WebSocketResponse] = attrs.field(factory=set)
+    #: Connections accepted since start, and those whose handler has not finished yet.
+    accepted: int = 0
+    live: int = 0
+    #: The configuration most recently applied by a `session.update`, on any connection.
+    last_session: dict[str, Any] | None = None
+    changed: asyncio.Condition = attrs.field(factory=asyncio.Condition)
+
+    async def _notify(self) -> None:
+        async with self.changed:
+            self.changed.notify_all()
+
+
+EMULATOR_STATE = web.AppKey("emulator_state", EmulatorState)
+
+
+def _error_response(status: int, code: str, message: str) -> web.Response:
+    body = {"error": {"code": code, "message": message}}
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+
+
+def _authorized(request: web.Request, api_key: str) -> bool:
+    presented = request.headers.get("api-key")
+    if presented is None:
+        auth = request.headers.get("Authorization", "")
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            return False
+        presented = token.strip()
+    # Constant time, so the key cannot be guessed a byte at a time from response timings.
+    return hmac.compare_digest(presented.encode(), api_key.encode())
+
+
+async def _realtime(request: web.Request) -> web.StreamResponse:
+    state = request.app[EMULATOR_STATE]
+    options = state.options
+    peer = request.remote
+    if options.refuse_connections:
+        log.info("emulator.rejected", reason="refuse_connections", peer=peer)
+        return _error_response(503, "ServiceUnavailable", "The emulator is refusing connections.")
+    missing = [name for name in ("api-version", "model") if not request.query.get(name)]
+    if missing:
+        log.info("emulator.rejected", reason="bad_query", missing=missing, peer=peer)
+        return _error_response(
+            400, "BadRequest", "Missing query parameter(s): " + ", ".join(missing) + "."
+        )
+    if not _authorized(request, options.api_key):
+        log.info("emulator.rejected", reason="unauthorized", peer=peer)
+        return _error_response(
+            401,
+            "401",
+            "Access denied due to invalid subscription key or wrong API endpoint.",
+        )
+
+    ws = web.WebSocketResponse(
+        compress=False,
+        decode_text=False,
+        timeout=CLOSE_TIMEOUT_S,
+        max_msg_size=MAX_MESSAGE_BYTES,
+    )
+    await ws.prepare(request)
+    transport = request.transport
+    state.sockets.add(ws)
+    state.accepted += 1
+    state.live += 1
+    await state._notify()
+
+    sent = 0
+    close_after_events = options.close_after_events
+
+    def drop(fault: str) -> None:
+        # An abrupt drop, as a network failure looks: no close frame, the TCP stream ends.
+        log.info("emulator.fault", fault=fault)
+        if transport is not None:
+            transport.abort()
+
+    async def send(event: dict[str, Any]) -> None:
+        nonlocal sent
+        if ws.closed or (transport is not None and transport.is_closing()):
+            return  # nobody is listening any more
+        try:
+            await ws.send_frame(orjson.dumps(event), WSMsgType.TEXT)
+        except ConnectionError:
+            return
+        sent += 1
+        if event.get("type") == "session.updated":
+            state.last_session = event.get("session")
+        if close_after_events is not None and sent >= close_after_events:
+            drop("close_after_events")
+
+    session = EmulatorSession(
+        send_event=send, get_options=lambda: state.options, model=request.query["model"]
+    )
+    bound = log.bind(session_id=session.config["id"])
+    bound.info(
+        "emulator.connected",
+        model=session.model,
+        api_version=request.query["api-version"],
+        peer=peer,
+    )
+    timer = None
+    if options.close_after_s is not None:
+        timer = asyncio.get_running_loop().call_later(options.close_after_s, drop, "close_after_s")
+    started = time.monotonic()
+    try:
+        await session.start()
+        async for msg in ws:
+            if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+                await session.handle(msg.data)
+            elif msg.type == WSMsgType.ERROR:
+                break
+    finally:
+        if timer is not None:
+            timer.cancel()
+        await session.aclose()
+        if not ws.closed:
+            await ws.close()
+        state.sockets.discard(ws)
+        state.live -= 1
+        bound.info(
+            "emulator.disconnected",
+            close_code=ws.close_code,
+            events_in=session.events_in,
+            events_out=sent,
+            responses=session.responses,
+            audio_in_ms=session.audio_received_ms,
+            duration_s=round(time.monotonic() - started, 3),
+        )
+        await state._notify()
+    return ws
+
+
+async def _close_sockets(app: web.Application) -> None:
+    """on_shutdown: close every socket with 1001 so clients learn at once."""
+    sockets = list(app[EMULATOR_STATE].sockets)
+    if not sockets:
+        return
+    async with asyncio.TaskGroup() as group:
+        for ws in sockets:
+            group.create_task(ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown"))
+
+
+def create_emulator_app(options: EmulatorOptions) -> web.Application:
+    """The emulator as an aiohttp application (route `/voice-live/realtime`)."""
+    app = web.Application()
+    app[EMULATOR_STATE] = EmulatorState(options)
+    app.router.add_get(ROUTE, _realtime)
+    app.on_shutdown.append(_close_sockets)
+    return app
+
+
+@attrs.define(eq=False)
+class RunningEmulator:
+    """An emulator listening on a port; close it with `close()` or `async with`."""
+
+    runner: web.AppRunner
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        """The endpoint to give the SDK, e.g. `ws://127.0.0.1:54321`."""
+        return f"ws://{self.host}:{self.port}"
+
+    @property
+    def _state(self) -> EmulatorState:
+        return self.runner.app[EMULATOR_STATE]
+
+    @property
+    def options(self) -> EmulatorOptions:
+        """The options in force now."""
+        return self._state.options
+
+    def set_options(self, options: EmulatorOptions) -> None:
+        """Swap the options. New connections and new responses see the change at once;
+        `close_after_*` of already open connections keep the value they opened with."""
+        self._state.options = options
+
+    def last_session_config(self) -> dict[str, Any] | None:
+        """The configuration most recently applied by a `session.update` (for tests)."""
+        return self._state.last_session
+
+    @property
+    def connections(self) -> int:
+        """Connections whose handler is still running (socket open or being cleaned up)."""
+        return self._state.live
+
+    @property
+    def connections_accepted(self) -> int:
+        """Connections accepted (handshake passed) since the emulator started."""
+        return self._state.accepted
+
+    async def wait_connections(self, count: int) -> None:
+        """Wait until exactly `count` connections are live (wrap in `asyncio.timeout`)."""
+        state = self._state
+        async with state.changed:
+            await state.changed.wait_for(lambda: state.live == count)
+
+    async def close(self) -> None:
+        """Close every socket (1001) and stop listening."""
+        await self.runner.cleanup()
+
+    async def __aenter__(self) -> RunningEmulator:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+async def start_emulator(
+    options: EmulatorOptions, host: str = "127.0.0.1", port: int = 0
+) -> RunningEmulator:
+    """Start the emulator on `host:port` (port 0 picks a free port) and return at once."""
+    runner = web.AppRunner(
+        create_emulator_app(options), access_log=None, shutdown_timeout=CLOSE_TIMEOUT_S * 5
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    bound_port: int = runner.addresses[0][1] if runner.addresses else port
+    return RunningEmulator(runner=runner, host=host, port=bound_port)
+
+
+@asynccontextmanager
+async def running_emulator(
+    options: EmulatorOptions, host: str = "127.0.0.1", port: int = 0
+) -> AsyncIterator[RunningEmulator]:
+    """`start_emulator` as a context manager, e.g. for an app's `cleanup_ctx`."""
+    running = await start_emulator(options, host, port)
+    try:
+        yield running
+    finally:
+        await running.close()
+
+
+def run_emulator(options: EmulatorOptions, host: str, port: int) -> None:
+    """Serve until SIGINT/SIGTERM (the CLI's `emulator` command); logs `emulator.listening`."""
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        running = await start_emulator(options, host, port)
+        log.info("emulator.listening", url=running.url, realtime=options.realtime)
+        try:
+            await stop.wait()
+        finally:
+            log.info("emulator.stopping", connections=running.connections)
+            await running.close()
+
+    asyncio.run(serve())
