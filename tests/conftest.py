@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestClient
 
+from voicebridge.app import create_app
 from voicebridge.config import Settings
+from voicebridge.emulator import EmulatorOptions, RunningEmulator, start_emulator
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,3 +41,44 @@ def artifacts_dir() -> Iterator[Path]:
     path = ROOT / "tests" / "artifacts"
     path.mkdir(parents=True, exist_ok=True)
     yield path
+
+
+KEY = "relay-test-key-000"
+
+StartEmulator = Callable[..., Awaitable[RunningEmulator]]
+MakeClient = Callable[..., Awaitable[TestClient[Any, Any]]]
+
+
+@pytest.fixture
+async def start_emu() -> AsyncIterator[StartEmulator]:
+    running: list[RunningEmulator] = []
+
+    async def start(**options: Any) -> RunningEmulator:
+        options.setdefault("realtime", False)
+        emu = await start_emulator(EmulatorOptions(api_key=KEY, **options), "127.0.0.1", 0)
+        running.append(emu)
+        return emu
+
+    yield start
+    for emu in running:
+        await emu.close()
+
+
+def relay_settings(emu: RunningEmulator, **overrides: str) -> Settings:
+    return make_settings(
+        VOICELIVE_BACKEND="azure",
+        AZURE_OPENAI_ENDPOINT=emu.url,
+        AZURE_OPENAI_KEY=KEY,
+        AZURE_OPENAI_DEPLOYMENT="gpt-realtime-test",
+        UPSTREAM_CONNECT_TIMEOUT_S="3",
+        **overrides,
+    )
+
+
+@pytest.fixture
+async def make_client(aiohttp_client: Any) -> MakeClient:
+    async def make(settings: Settings) -> TestClient[Any, Any]:
+        client: TestClient[Any, Any] = await aiohttp_client(create_app(settings))
+        return client
+
+    return make

@@ -12,24 +12,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import make_settings
+from tests.conftest import MakeClient, StartEmulator, relay_settings
 from tests.redis_server import RedisServer
-from tests.test_relay import KEY, MakeClient, StartEmulator, make_client, start_emu  # noqa: F401
 from tests.voice_client import VoiceSocket, silence
 from voicebridge import protocol
 from voicebridge.app import STATE, create_app
 from voicebridge.emulator import RunningEmulator
 from voicebridge.errors import ProtocolError
-
-
-def upstream(emu: RunningEmulator, **env: str) -> dict[str, str]:
-    return {
-        "VOICELIVE_BACKEND": "azure",
-        "AZURE_OPENAI_ENDPOINT": emu.url,
-        "AZURE_OPENAI_KEY": KEY,
-        "AZURE_OPENAI_DEPLOYMENT": "limits",
-        **env,
-    }
 
 
 async def started(client: Any, url: str = "/ws/voice") -> VoiceSocket:
@@ -38,10 +27,12 @@ async def started(client: Any, url: str = "/ws/voice") -> VoiceSocket:
     return voice
 
 
-async def test_frame_too_large_closes_1009(start_emu: StartEmulator, make_client: MakeClient) -> None:
+async def test_frame_too_large_closes_1009(
+    start_emu: StartEmulator, make_client: MakeClient
+) -> None:
     """A frame over MAX_FRAME_BYTES gets frame_too_large and close 1009."""
     emu = await start_emu()
-    client = await make_client(make_settings(**upstream(emu, MAX_FRAME_BYTES="1000")))
+    client = await make_client(relay_settings(emu, MAX_FRAME_BYTES="1000"))
     voice = await started(client)
     await voice.ws.send_bytes(b"\x00" * 960)  # a normal frame is fine
     await voice.ws.send_bytes(b"\x00" * 2000)
@@ -56,9 +47,7 @@ async def test_faster_than_real_time_is_rate_limited(
 ) -> None:
     """Audio far faster than real time for longer than the window ends with 1008."""
     emu = await start_emu()
-    client = await make_client(
-        make_settings(**upstream(emu, MAX_AUDIO_RATE="1.5", RATE_WINDOW_S="1"))
-    )
+    client = await make_client(relay_settings(emu, MAX_AUDIO_RATE="1.5", RATE_WINDOW_S="1"))
     voice = await started(client)
     await voice.send_audio(silence(5000))  # 5 s of audio at once; the bucket holds 1.5 s
     error = await voice.until_type("error")
@@ -72,10 +61,8 @@ async def test_client_that_does_not_read_is_ended_and_others_unaffected(
     """A client that never reads its audio is ended at the buffer limit; others go on."""
     emu = await start_emu(mirror=True)
     client = await make_client(
-        make_settings(
-            **upstream(
-                emu, CLIENT_SEND_BUFFER_MS="1000", MAX_AUDIO_RATE="100000", MAX_FRAME_BYTES="65536"
-            )
+        relay_settings(
+            emu, CLIENT_SEND_BUFFER_MS="1000", MAX_AUDIO_RATE="100000", MAX_FRAME_BYTES="65536"
         )
     )
     other = await started(client)
@@ -102,7 +89,7 @@ async def test_session_time_limit_warns_then_closes(
     """SESSION_MAX_DURATION_S: a warning SESSION_WARNING_S before, then ended and 1000."""
     emu = await start_emu()
     client = await make_client(
-        make_settings(**upstream(emu, SESSION_MAX_DURATION_S="1.5", SESSION_WARNING_S="1"))
+        relay_settings(emu, SESSION_MAX_DURATION_S="1.5", SESSION_WARNING_S="1")
     )
     voice = await started(client)
     warning = await voice.until_type("status", status="ending")
@@ -115,7 +102,7 @@ async def test_session_time_limit_warns_then_closes(
 async def test_idle_session_is_closed(start_emu: StartEmulator, make_client: MakeClient) -> None:
     """A session that receives nothing for SESSION_IDLE_TIMEOUT_S ends with idle_timeout."""
     emu = await start_emu()
-    client = await make_client(make_settings(**upstream(emu, SESSION_IDLE_TIMEOUT_S="0.5")))
+    client = await make_client(relay_settings(emu, SESSION_IDLE_TIMEOUT_S="0.5"))
     voice = await started(client)
     ended = await voice.until_type("status", status="ended")
     assert ended["code"] == "idle_timeout"
@@ -134,8 +121,9 @@ async def _no_upstream(emu: RunningEmulator) -> bool:
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
     max_leaves=12,
 )
 messages = st.fixed_dictionaries(
@@ -145,7 +133,14 @@ messages = st.fixed_dictionaries(
 
 
 @settings(max_examples=400, deadline=None)
-@given(st.one_of(st.text(), st.binary().map(lambda b: b.decode("latin-1")), json_values.map(json.dumps), messages.map(json.dumps)))
+@given(
+    st.one_of(
+        st.text(),
+        st.binary().map(lambda b: b.decode("latin-1")),
+        json_values.map(json.dumps),
+        messages.map(json.dumps),
+    )
+)
 def test_parser_fuzz_only_raises_protocol_errors(frame: str) -> None:
     """Random text and random JSON either parse or raise ProtocolError with a code."""
     try:
@@ -153,7 +148,9 @@ def test_parser_fuzz_only_raises_protocol_errors(frame: str) -> None:
     except ProtocolError as exc:
         assert exc.code and exc.message
     else:
-        assert isinstance(parsed, protocol.AudioIn | protocol.TextIn | protocol.PingIn | protocol.PlaybackIn)
+        assert isinstance(
+            parsed, protocol.AudioIn | protocol.TextIn | protocol.PingIn | protocol.PlaybackIn
+        )
 
 
 @settings(max_examples=300, deadline=None)
@@ -172,7 +169,7 @@ async def test_garbage_frames_never_end_a_session(
 ) -> None:
     """Hundreds of random frames each get an answer and the session stays open."""
     emu = await start_emu()
-    client = await make_client(make_settings(**upstream(emu)))
+    client = await make_client(relay_settings(emu))
     voice = await started(client)
     rng = random.Random(1234)
     bad = 0
@@ -181,7 +178,12 @@ async def test_garbage_frames_never_end_a_session(
         if kind < 0.4:
             frame = "".join(chr(rng.randrange(32, 0x2FF)) for _ in range(rng.randrange(0, 40)))
         elif kind < 0.8:
-            frame = json.dumps({"type": rng.choice(["audio", "text", "nope", 7, None]), "audio": rng.choice(["", "@@", 3, None])})
+            frame = json.dumps(
+                {
+                    "type": rng.choice(["audio", "text", "nope", 7, None]),
+                    "audio": rng.choice(["", "@@", 3, None]),
+                }
+            )
         else:
             frame = json.dumps(rng.choice([[], 1, "s", None, {"type": {"nested": 1}}]))
         try:
@@ -209,13 +211,11 @@ async def test_redis_outage_keeps_serving_and_reregisters(
 ) -> None:
     """Redis stops: sessions go on and new ones open; Redis returns: they are re-registered."""
     emu = await start_emu()
-    s = make_settings(
-        **upstream(
-            emu,
-            SESSION_REGISTRY=flaky_redis.url,
-            REGISTRY_HEARTBEAT_S="0.2",
-            REGISTRY_TTL_S="2",
-        )
+    s = relay_settings(
+        emu,
+        SESSION_REGISTRY=flaky_redis.url,
+        REGISTRY_HEARTBEAT_S="0.2",
+        REGISTRY_TTL_S="2",
     )
     client = await aiohttp_client(create_app(s))
     first = await started(client)

@@ -44,9 +44,13 @@ async def start_server(servers: list[ServerProcess], log_dir: Path, **env: str) 
     return server
 
 
-async def open_session(http: aiohttp.ClientSession, server: ServerProcess) -> tuple[VoiceSocket, str]:
+async def open_session(
+    http: aiohttp.ClientSession, server: ServerProcess
+) -> tuple[VoiceSocket, str]:
     voice = VoiceSocket(await http.ws_connect(server.ws_url))
-    first = await voice.until(lambda e: e[0] == "json" and e[1]["type"] in {"session_started", "error"})
+    first = await voice.until(
+        lambda e: e[0] == "json" and e[1]["type"] in {"session_started", "error"}
+    )
     msg = first[-1][1]
     return voice, str(msg.get("session_id", ""))
 
@@ -59,7 +63,10 @@ async def sessions_of(http: aiohttp.ClientSession, server: ServerProcess) -> dic
 
 
 async def test_sigterm_drains_live_sessions(
-    http: aiohttp.ClientSession, servers: list[ServerProcess], tmp_path: Path, redis_for_ops: RedisServer
+    http: aiohttp.ClientSession,
+    servers: list[ServerProcess],
+    tmp_path: Path,
+    redis_for_ops: RedisServer,
 ) -> None:
     """SIGTERM: sessions are told, /health turns 503, close 1001, exit 0 within the grace."""
     prefix_check = aioredis.from_url(redis_for_ops.url)
@@ -89,7 +96,10 @@ async def test_sigterm_drains_live_sessions(
 
 
 async def test_two_instances_share_one_view_and_one_cap(
-    http: aiohttp.ClientSession, servers: list[ServerProcess], tmp_path: Path, redis_for_ops: RedisServer
+    http: aiohttp.ClientSession,
+    servers: list[ServerProcess],
+    tmp_path: Path,
+    redis_for_ops: RedisServer,
 ) -> None:
     """Two servers on one Redis see each other's sessions, enforce one cap, end each other's."""
     await _flush(redis_for_ops)
@@ -120,7 +130,10 @@ async def test_two_instances_share_one_view_and_one_cap(
 
 
 async def test_killed_instance_entries_expire(
-    http: aiohttp.ClientSession, servers: list[ServerProcess], tmp_path: Path, redis_for_ops: RedisServer
+    http: aiohttp.ClientSession,
+    servers: list[ServerProcess],
+    tmp_path: Path,
+    redis_for_ops: RedisServer,
 ) -> None:
     """kill -9 of one instance: its sessions vanish from the shared view after the TTL."""
     await _flush(redis_for_ops)

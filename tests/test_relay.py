@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,17 +12,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from tests.conftest import make_settings
+from tests.conftest import KEY, MakeClient, StartEmulator, make_settings, relay_settings
 from tests.speech import make_speech_pcm
 from tests.voice_client import VoiceSocket, is_msg, silence
-from voicebridge.app import STATE, create_app
-from voicebridge.config import Settings
-from voicebridge.emulator import EmulatorOptions, RunningEmulator, start_emulator
-
-KEY = "relay-test-key-000"
-
-StartEmulator = Callable[..., Awaitable[RunningEmulator]]
-MakeClient = Callable[..., Awaitable[TestClient[Any, Any]]]
+from voicebridge.app import STATE
+from voicebridge.emulator import RunningEmulator
 
 
 @pytest.fixture(scope="module")
@@ -32,41 +25,6 @@ def speech(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     path = tmp_path_factory.mktemp("speech") / "hello.raw"
     pcm = make_speech_pcm("Hello, I would like to hear about your offer.", path)
     return silence(600) + pcm + silence(1500)
-
-
-@pytest.fixture
-async def start_emu() -> AsyncIterator[StartEmulator]:
-    running: list[RunningEmulator] = []
-
-    async def start(**options: Any) -> RunningEmulator:
-        options.setdefault("realtime", False)
-        emu = await start_emulator(EmulatorOptions(api_key=KEY, **options), "127.0.0.1", 0)
-        running.append(emu)
-        return emu
-
-    yield start
-    for emu in running:
-        await emu.close()
-
-
-def relay_settings(emu: RunningEmulator, **overrides: str) -> Settings:
-    return make_settings(
-        VOICELIVE_BACKEND="azure",
-        AZURE_OPENAI_ENDPOINT=emu.url,
-        AZURE_OPENAI_KEY=KEY,
-        AZURE_OPENAI_DEPLOYMENT="gpt-realtime-test",
-        UPSTREAM_CONNECT_TIMEOUT_S="3",
-        **overrides,
-    )
-
-
-@pytest.fixture
-async def make_client(aiohttp_client: Any) -> MakeClient:
-    async def make(settings: Settings) -> TestClient[Any, Any]:
-        client: TestClient[Any, Any] = await aiohttp_client(create_app(settings))
-        return client
-
-    return make
 
 
 async def open_voice(client: TestClient[Any, Any], **kwargs: Any) -> VoiceSocket:
@@ -89,7 +47,9 @@ async def no_sessions_left(app: web.Application, emu: RunningEmulator) -> None:
     assert await app[STATE].registry.count() == 0
 
 
-async def test_full_spoken_turn(start_emu: StartEmulator, make_client: MakeClient, speech: bytes) -> None:
+async def test_full_spoken_turn(
+    start_emu: StartEmulator, make_client: MakeClient, speech: bytes
+) -> None:
     """Speech in gives listening, processing, the user transcript, agent audio, then ready."""
     emu = await start_emu()
     client = await make_client(relay_settings(emu))
