@@ -59,7 +59,8 @@ async def test_sessions_open_and_close_for_minutes(aiohttp_client: Any) -> None:
             await asyncio.sleep(0.05)
     fds1, tasks1, rss1 = _resources()
     print(
-        f"soak: {total} sessions; fds {fds0}->{fds1} tasks {tasks0}->{tasks1} rss {rss0 >> 20}->{rss1 >> 20} MiB"
+        f"soak: {total} sessions; fds {fds0}->{fds1} tasks {tasks0}->{tasks1} "
+        f"rss {rss0 >> 20}->{rss1 >> 20} MiB"
     )
     assert total > concurrency
     assert fds1 <= fds0 + 2
