@@ -674,7 +674,10 @@ class Session:
     def _drop_queued_audio(self) -> int:
         dropped = self._out_audio_bytes
         if dropped:
-            self._out = deque(item for item in self._out if isinstance(item, str))
+            # In place: the writer holds a reference to this deque.
+            kept = [item for item in self._out if isinstance(item, str)]
+            self._out.clear()
+            self._out.extend(kept)
             self._out_audio_bytes = 0
         return dropped
 
@@ -694,10 +697,9 @@ class Session:
         ready = self._out_ready
         try:
             while True:
-                if not self._out:
+                if not out:
                     ready.clear()
                     await ready.wait()
-                    out = self._out
                     continue
                 item = out.popleft()
                 if isinstance(item, str):
