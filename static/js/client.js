@@ -1,0 +1,427 @@
+// VoiceClient: one voice session over /ws/voice, with the microphone graph, the agent
+// player, keepalive and reconnection. It knows nothing about the DOM; the page listens to
+// its events: state, session, status, transcript, clear, error, notice, level, mic,
+// playback.
+
+import { AgentPlayer, MicCapture, WIRE_RATE } from './audio.js';
+
+const PING_INTERVAL_MS = 15000;
+const SILENT_SERVER_MS = 45000; // no frame at all for this long: treat the socket as dead
+const PLAYBACK_REPORT_MS = 250;
+const BACKOFF_BASE_MS = 500;
+const BACKOFF_MAX_MS = 10000;
+const BACKOFF_AT_CAPACITY_MS = 5000;
+const MAX_RECONNECTS = 8;
+
+export const CLOSE_REASONS = {
+  1000: 'Session ended by the server',
+  1001: 'Server is restarting',
+  1006: 'Connection lost',
+  1008: 'Not allowed by server policy',
+  1009: 'A message was too large for the server',
+  1011: 'The voice service failed',
+  1013: 'Server is at capacity',
+};
+
+/** "server restarting; please reconnect." -> "Server restarting; please reconnect" */
+function sentence(text) {
+  const t = String(text).trim().replace(/[.\s]+$/, '');
+  return t.charAt(0).toUpperCase() + t.slice(1);
+}
+
+export class VoiceClient extends EventTarget {
+  constructor({ baseUrl = window.location.href } = {}) {
+    super();
+    this.baseUrl = new URL('/', baseUrl);
+    this.token = '';
+    this.state = 'idle'; // idle | connecting | open | reconnecting | stopped | failed
+    this.ws = null;
+    this.generation = 0; // bumps whenever a socket is replaced; stale events are ignored
+    this.attempt = 0;
+    this.reconnectTimer = null;
+    this.pingTimer = null;
+    this.lastServerFrameAt = 0;
+    this.lastReportAt = 0;
+    this.responseStartSample = 0;
+    this.firstAudioSample = null; // sample index of the first agent audio since the last status
+    this.agentSpeaking = false; // between status agent_speaking and the next clear/close
+    this.sessionId = null;
+    this.backend = null;
+    this.stats = {
+      framesSent: 0,
+      bytesSent: 0,
+      framesDropped: 0,
+      agentAudioMsReceived: 0,
+      agentAudioMsPlayed: 0,
+      agentAudioMsQueued: 0,
+      clearAudioCount: 0,
+      reconnects: 0,
+      lastFrameRms: 0,
+      maxFrameRms: 0,
+      captureRate: null,
+      resamplerTaps: null,
+    };
+    this.statusHistory = [];
+    this.transcript = [];
+    this.receivedSamples = 0;
+    this.playedSamples = 0;
+    this.droppedSamples = 0;
+
+    this.mic = new MicCapture(
+      (pcm, rms, peak) => this.onMicFrame(pcm, rms, peak),
+      (info) => {
+        this.stats.captureRate = info.inputRate;
+        this.stats.resamplerTaps = info.taps;
+        this.emit('mic', { ...info });
+      },
+    );
+    this.player = new AgentPlayer((s) => this.onPlayerState(s));
+  }
+
+  emit(type, detail = {}) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+
+  setState(state, detail = {}) {
+    this.state = state;
+    this.emit('state', { state, ...detail });
+  }
+
+  // -- lifecycle -----------------------------------------------------------------------
+
+  async start({ token = '' } = {}) {
+    if (this.state === 'connecting' || this.state === 'open' || this.state === 'reconnecting') {
+      return;
+    }
+    this.token = token;
+    this.attempt = 0;
+    this.setState('connecting');
+    try {
+      // Both contexts are created inside the click handler's task so autoplay rules allow
+      // them to start.
+      await Promise.all([this.player.start(), this.mic.start()]);
+    } catch (err) {
+      await this.teardownAudio();
+      this.setState('failed');
+      const name = err && err.name;
+      const message =
+        name === 'NotAllowedError'
+          ? 'Microphone permission was denied. Allow it in the browser and try again.'
+          : name === 'NotFoundError'
+            ? 'No microphone was found.'
+            : `Could not start audio: ${err && err.message ? err.message : err}`;
+      this.emit('error', { message, code: 'audio' });
+      return;
+    }
+    if (this.state !== 'connecting') {
+      // Stopped while the microphone prompt was open: stop() found nothing to tear down yet.
+      await this.teardownAudio();
+      return;
+    }
+    this.connect();
+  }
+
+  async stop() {
+    this.cancelReconnect();
+    this.closeSocket(1000, 'client stopped');
+    await this.teardownAudio();
+    this.agentSpeaking = false;
+    this.setState('stopped');
+  }
+
+  async teardownAudio() {
+    await Promise.allSettled([this.mic.stop(), this.player.stop()]);
+    this.emit('level', { rms: 0, peak: 0 });
+  }
+
+  wsUrl() {
+    const url = new URL('/ws/voice', this.baseUrl);
+    url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
+    if (this.token) url.searchParams.set('token', this.token);
+    return url.href;
+  }
+
+  connect() {
+    const gen = ++this.generation;
+    let opened = false;
+    const ws = new WebSocket(this.wsUrl());
+    ws.binaryType = 'arraybuffer';
+    this.ws = ws;
+    ws.onopen = () => {
+      if (gen !== this.generation) return;
+      opened = true;
+      this.lastServerFrameAt = performance.now();
+      this.startKeepalive();
+      this.setState('open');
+    };
+    ws.onmessage = (ev) => {
+      if (gen !== this.generation) return;
+      this.lastServerFrameAt = performance.now();
+      if (typeof ev.data === 'string') this.onServerText(ev.data);
+      else this.onAgentAudio(ev.data);
+    };
+    ws.onerror = () => {
+      // Always followed by close; the close handler decides what to do.
+    };
+    ws.onclose = (ev) => {
+      if (gen !== this.generation) return;
+      this.detachSocket();
+      this.onSocketClosed(ev, opened);
+    };
+  }
+
+  detachSocket() {
+    this.stopKeepalive();
+    if (this.ws) {
+      this.ws.onopen = this.ws.onmessage = this.ws.onerror = this.ws.onclose = null;
+    }
+    this.ws = null;
+    this.generation++;
+  }
+
+  closeSocket(code, reason) {
+    const ws = this.ws;
+    this.detachSocket();
+    if (ws && (ws.readyState === WebSocket.OPEN || ws.readyState === WebSocket.CONNECTING)) {
+      try {
+        ws.close(code, reason);
+      } catch {
+        ws.close();
+      }
+    }
+  }
+
+  async onSocketClosed(ev, opened) {
+    this.player.clear();
+    this.agentSpeaking = false;
+    const code = ev.code;
+    const reason = sentence(ev.reason || CLOSE_REASONS[code] || `Connection closed (${code})`);
+    if (!opened) {
+      // A refused upgrade (401/403) looks exactly like an unreachable server to a page, so
+      // ask the server over plain HTTP what it thinks of this request.
+      const verdict = await this.probeUpgrade();
+      if (this.state === 'stopped') return;
+      const firstTry = this.state === 'connecting';
+      if (verdict === 'rejected' || (verdict === 'unknown' && firstTry)) {
+        await this.teardownAudio();
+        this.setState('failed', { code, reason: 'Connection refused' });
+        this.emit('error', {
+          message: 'The server refused the connection: token rejected or origin not allowed.',
+          code: 'rejected',
+        });
+        return;
+      }
+      this.scheduleReconnect({
+        code,
+        reason: verdict === 'busy' ? 'Server is busy or restarting' : 'Server unreachable',
+      });
+      return;
+    }
+    if (code === 1008 || code === 1009) {
+      await this.teardownAudio();
+      this.setState('failed', { code, reason });
+      this.emit('error', { message: `${reason} (code ${code}).`, code: `close_${code}` });
+      return;
+    }
+    if (code === 1000) {
+      await this.teardownAudio();
+      this.setState('stopped', { code, reason });
+      this.emit('notice', { message: `${reason}.` });
+      return;
+    }
+    // 1001 restarting, 1006 dropped, 1011 upstream failure, 1013 at capacity: try again.
+    this.scheduleReconnect({ code, reason });
+  }
+
+  /**
+   * Why did the upgrade fail? "rejected" (401/403: token or origin), "busy" (5xx, e.g.
+   * draining), "down" (no answer at all) or "unknown" (the server would have accepted this
+   * request without a browser Origin, so the origin is the likely culprit).
+   */
+  async probeUpgrade() {
+    const url = new URL(this.wsUrl());
+    url.protocol = url.protocol === 'wss:' ? 'https:' : 'http:';
+    try {
+      const res = await fetch(url, { cache: 'no-store', credentials: 'omit' });
+      if (res.status === 401 || res.status === 403) return 'rejected';
+      if (res.status >= 500) return 'busy';
+      return 'unknown';
+    } catch {
+      return 'down';
+    }
+  }
+
+  scheduleReconnect({ code, reason }) {
+    if (this.attempt >= MAX_RECONNECTS) {
+      this.teardownAudio().then(() => {
+        this.setState('failed', { code, reason });
+        this.emit('error', {
+          message: `${reason}. Gave up after ${MAX_RECONNECTS} attempts; press Start to retry.`,
+          code: 'reconnect_failed',
+        });
+      });
+      return;
+    }
+    const base = code === 1013 ? BACKOFF_AT_CAPACITY_MS : BACKOFF_BASE_MS;
+    const exp = Math.min(BACKOFF_MAX_MS, base * 2 ** this.attempt);
+    const delay = Math.round(exp * (0.75 + Math.random() * 0.5));
+    this.attempt += 1;
+    this.stats.reconnects += 1;
+    this.setState('reconnecting', { code, reason, delayMs: delay, attempt: this.attempt });
+    this.cancelReconnect();
+    this.reconnectTimer = setTimeout(() => {
+      this.reconnectTimer = null;
+      if (this.state === 'reconnecting') this.connect();
+    }, delay);
+  }
+
+  cancelReconnect() {
+    if (this.reconnectTimer !== null) clearTimeout(this.reconnectTimer);
+    this.reconnectTimer = null;
+  }
+
+  startKeepalive() {
+    this.stopKeepalive();
+    this.pingTimer = setInterval(() => {
+      if (performance.now() - this.lastServerFrameAt > SILENT_SERVER_MS) {
+        // Half-open socket: nothing came back, not even pongs. Start over.
+        const ws = this.ws;
+        this.detachSocket();
+        if (ws) ws.close(4000, 'keepalive timeout');
+        this.scheduleReconnect({ code: 1006, reason: 'Server stopped answering' });
+        return;
+      }
+      this.sendJson({ type: 'ping' });
+    }, PING_INTERVAL_MS);
+  }
+
+  stopKeepalive() {
+    if (this.pingTimer !== null) clearInterval(this.pingTimer);
+    this.pingTimer = null;
+  }
+
+  // -- outgoing ------------------------------------------------------------------------
+
+  isOpen() {
+    return this.ws !== null && this.ws.readyState === WebSocket.OPEN;
+  }
+
+  sendJson(obj) {
+    if (!this.isOpen()) return false;
+    this.ws.send(JSON.stringify(obj));
+    return true;
+  }
+
+  sendText(text) {
+    const clean = text.trim();
+    if (!clean) return false;
+    if (!this.sendJson({ type: 'text', text: clean })) {
+      this.emit('error', { message: 'Not connected: start a session first.', code: 'offline' });
+      return false;
+    }
+    return true;
+  }
+
+  onMicFrame(pcm, rms, peak) {
+    this.stats.lastFrameRms = rms;
+    if (rms > this.stats.maxFrameRms) this.stats.maxFrameRms = rms;
+    this.emit('level', { rms, peak });
+    if (!this.isOpen()) {
+      this.stats.framesDropped += 1; // never queue stale speech across a reconnect
+      return;
+    }
+    this.ws.send(pcm);
+    this.stats.framesSent += 1;
+    this.stats.bytesSent += pcm.byteLength;
+  }
+
+  // -- incoming ------------------------------------------------------------------------
+
+  onAgentAudio(buffer) {
+    if (buffer.byteLength < 2) return;
+    const samples = buffer.byteLength >> 1;
+    if (this.firstAudioSample === null) this.firstAudioSample = this.receivedSamples;
+    this.receivedSamples += samples;
+    this.stats.agentAudioMsReceived = (this.receivedSamples * 1000) / WIRE_RATE;
+    this.player.enqueue(buffer.byteLength & 1 ? buffer.slice(0, samples * 2) : buffer);
+  }
+
+  onPlayerState(s) {
+    this.playedSamples = s.playedSamples;
+    this.droppedSamples += s.droppedSamples;
+    this.stats.agentAudioMsPlayed = (s.playedSamples * 1000) / WIRE_RATE;
+    this.stats.agentAudioMsQueued = (s.queuedSamples * 1000) / WIRE_RATE;
+    this.emit('playback', { ...s });
+    const now = performance.now();
+    // Tell the server how much of the current response was actually heard, so a barge-in
+    // truncates the agent's turn where the listener stopped hearing it.
+    if (!this.agentSpeaking || s.event === 'cleared') return;
+    if (s.event === 'progress' && now - this.lastReportAt < PLAYBACK_REPORT_MS) return;
+    this.lastReportAt = now;
+    const consumed = s.playedSamples + this.droppedSamples - this.responseStartSample;
+    const played = Math.max(0, Math.min(consumed, this.receivedSamples - this.responseStartSample));
+    this.sendJson({ type: 'playback', played_ms: Math.round((played * 1000) / WIRE_RATE) });
+  }
+
+  onServerText(raw) {
+    let msg;
+    try {
+      msg = JSON.parse(raw);
+    } catch {
+      this.emit('error', { message: 'The server sent a message that is not JSON.', code: 'bad_json' });
+      return;
+    }
+    switch (msg.type) {
+      case 'session_started':
+        // Only a session that really started resets the backoff: a server that accepts and
+        // closes at once (at capacity, upstream down) must not be retried in a tight loop.
+        this.attempt = 0;
+        this.sessionId = msg.session_id || null;
+        this.backend = msg.backend || this.backend;
+        this.emit('session', { ...msg });
+        break;
+      case 'status':
+        if (msg.status === 'agent_speaking' && this.lastStatus() !== 'agent_speaking') {
+          // A new response: its audio starts with the first chunk since the last status.
+          this.agentSpeaking = true;
+          this.responseStartSample = this.firstAudioSample ?? this.receivedSamples;
+        }
+        this.firstAudioSample = null;
+        this.statusHistory.push(msg.status);
+        this.emit('status', { ...msg });
+        break;
+      case 'user_transcript':
+        this.addLine('user', msg.text);
+        break;
+      case 'agent_transcript':
+      case 'agent_text':
+        this.addLine('agent', msg.text, msg.type);
+        break;
+      case 'clear_audio':
+        this.player.clear();
+        this.agentSpeaking = false;
+        this.stats.clearAudioCount += 1;
+        this.emit('clear', {});
+        break;
+      case 'error':
+        this.emit('error', { message: msg.message || 'Unknown error', code: msg.code || '' });
+        break;
+      case 'pong':
+        break;
+      default:
+        // Newer servers may send more; ignore what this page does not know.
+        break;
+    }
+  }
+
+  lastStatus() {
+    return this.statusHistory.length ? this.statusHistory[this.statusHistory.length - 1] : null;
+  }
+
+  addLine(role, text, source = role) {
+    if (typeof text !== 'string' || !text.trim()) return;
+    const line = { role, text: text.trim() };
+    this.transcript.push(line);
+    this.emit('transcript', { ...line, source });
+  }
+}

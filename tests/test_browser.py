@@ -1,0 +1,390 @@
+"""The browser client in a real headless Chromium against a real ``python -m voicebridge serve``.
+
+Chromium's fake capture device plays a WAV file as the microphone (looping it), so the page
+goes through the same path as a person: getUserMedia, the capture worklet, the WebSocket,
+the emulator's VAD and echo answer, and the playback worklet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+import wave
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests import speech
+from tests.server_process import ServerProcess
+
+playwright_api = pytest.importorskip("playwright.async_api")
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
+SPEECH = "Hello, I would like to hear about your offer."
+FRAME_BYTES = 960  # 20 ms of 24 kHz PCM16 mono
+WAIT_MS = 45_000
+
+if not Path(CHROMIUM).exists():
+    pytest.skip(f"no Chromium at {CHROMIUM}", allow_module_level=True)
+
+
+# -- audio and server ----------------------------------------------------------------------
+
+
+def _write_silence_wav(path: Path, seconds: float = 5.0, rate: int = 48_000) -> Path:
+    with wave.open(str(path), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(rate)
+        wav.writeframes(bytes(2 * round(seconds * rate)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def audio_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("browser-audio")
+
+
+@pytest.fixture(scope="module")
+def speech_wav(audio_dir: Path) -> Path:
+    """The sentence at 48 kHz, 1 s of silence before and 3 s after (the fake mic loops it)."""
+    if not speech.tools_available():
+        pytest.skip("espeak-ng and sox are needed to make test speech")
+    return speech.make_speech_wav(
+        SPEECH, audio_dir / "speech.wav", rate=48_000, lead_s=1.0, trail_s=3.0
+    )
+
+
+@pytest.fixture(scope="module")
+def silence_wav(audio_dir: Path) -> Path:
+    return _write_silence_wav(audio_dir / "silence.wav")
+
+
+async def _start_server(tmp_path: Path, **env: str) -> ServerProcess:
+    return await ServerProcess(
+        tmp_path, VOICELIVE_BACKEND="emulator", SHUTDOWN_GRACE_S="1", **env
+    ).start()
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[ServerProcess]:
+    """``python -m voicebridge serve`` on the built-in emulator, on a free port."""
+    srv = await _start_server(tmp_path)
+    yield srv
+    await srv.stop()
+
+
+# -- the browser ---------------------------------------------------------------------------
+
+
+def _chromium_args(capture_wav: Path) -> list[str]:
+    return [
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={capture_wav}",
+        "--autoplay-policy=no-user-gesture-required",
+    ]
+
+
+@contextlib.asynccontextmanager
+async def _page(capture_wav: Path, base_url: str) -> AsyncIterator[Any]:
+    async with playwright_api.async_playwright() as pw:
+        browser = await pw.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=_chromium_args(capture_wav)
+        )
+        try:
+            context = await browser.new_context(
+                viewport={"width": 1200, "height": 860},
+                base_url=base_url,
+                reduced_motion="reduce",  # no half-faded bubbles in the screenshot
+            )
+            await context.grant_permissions(["microphone"], origin=base_url)
+            page = await context.new_page()
+            page_errors: list[str] = []
+            page.on("pageerror", lambda exc: page_errors.append(str(exc)))
+            yield page
+            assert not page_errors, f"JavaScript errors on the page: {page_errors}"
+        finally:
+            await browser.close()
+
+
+async def _state(page: Any) -> str:
+    """Everything the page knows, for assertion messages."""
+    return str(
+        await page.evaluate(
+            """() => JSON.stringify({
+                status: document.getElementById('status').textContent,
+                stats: window.voicebridge.stats,
+                statusHistory: window.voicebridge.statusHistory,
+                transcript: window.voicebridge.transcript,
+                errors: window.voicebridge.errors,
+            })"""
+        )
+    )
+
+
+async def _wait(page: Any, expression: str, what: str, arg: Any = None) -> None:
+    try:
+        await page.wait_for_function(expression, arg=arg, timeout=WAIT_MS, polling=100)
+    except playwright_api.TimeoutError:
+        pytest.fail(f"timed out waiting for {what}; page state: {await _state(page)}")
+
+
+async def _wait_status(page: Any, value: str) -> None:
+    await _wait(
+        page,
+        "(v) => document.getElementById('status').textContent === v",
+        f"status {value!r}",
+        arg=value,
+    )
+
+
+# -- tests ---------------------------------------------------------------------------------
+
+
+async def test_spoken_turn_round_trip(
+    server: ServerProcess, speech_wav: Path, artifacts_dir: Path
+) -> None:
+    """Speech into the fake microphone comes back as the agent's voice and both transcripts."""
+    async with _page(speech_wav, server.url) as page:
+        await page.goto("/")
+        assert page.url.endswith("/static/index.html")
+        banner = page.locator("#emulator-banner")
+        await banner.wait_for(state="visible", timeout=10_000)
+        assert "emulator" in (await banner.text_content() or "").lower()
+
+        await page.click("#start")
+        await _wait(
+            page,
+            """() => {
+                const t = window.voicebridge.transcript;
+                const u = t.findIndex((l) => l.role === 'user');
+                return u >= 0 && t.slice(u + 1).some((l) => l.role === 'agent');
+            }""",
+            "a user line followed by an agent line",
+        )
+        await _wait(
+            page,
+            """() => {
+                const want = ['listening', 'processing', 'agent_speaking'];
+                let i = 0;
+                for (const s of window.voicebridge.statusHistory) if (s === want[i]) i++;
+                return i === want.length;
+            }""",
+            "listening, processing, agent_speaking in order",
+        )
+        await _wait(page, "() => window.voicebridge.stats.agentAudioMsPlayed > 0", "playback")
+
+        stats = await page.evaluate("() => ({...window.voicebridge.stats})")
+        assert stats["framesSent"] > 0
+        assert stats["bytesSent"] == FRAME_BYTES * stats["framesSent"]
+        assert stats["agentAudioMsReceived"] > 0
+        assert stats["captureRate"] > 0
+        assert stats["maxFrameRms"] > 0.01, "the fake microphone delivered only silence"
+
+        constraints = await page.evaluate(
+            """() => {
+                const s = window.voicebridge.client.mic.stream.getAudioTracks()[0].getSettings();
+                return {ec: s.echoCancellation, ns: s.noiseSuppression, agc: s.autoGainControl};
+            }"""
+        )
+        assert constraints == {"ec": True, "ns": True, "agc": True}
+
+        assert await page.locator("#transcript .bubble-user").count() >= 1
+        assert await page.locator("#transcript .bubble-agent").count() >= 1
+        assert await page.locator("#stop").is_enabled()
+        assert not await page.locator("#start").is_enabled()
+
+        await page.screenshot(path=str(artifacts_dir / "browser.png"), full_page=True)
+
+        await page.click("#stop")
+        await _wait_status(page, "disconnected")
+        assert await page.locator("#start").is_enabled()
+        errors = await page.evaluate("() => window.voicebridge.errors")
+        assert [e for e in errors if e["kind"] == "error"] == []
+
+
+async def test_typed_message_gets_an_answer(server: ServerProcess, silence_wav: Path) -> None:
+    """A typed message is shown as the user's line and answered by the agent."""
+    async with _page(silence_wav, server.url) as page:
+        await page.goto("/")
+        await page.click("#start")
+        await _wait(page, "() => window.voicebridge.client.sessionId !== null", "session_started")
+
+        message = "What are your opening hours?"
+        await page.fill("#text-input", message)
+        await page.click("#send-text")
+        await _wait(
+            page,
+            """(msg) => {
+                const t = window.voicebridge.transcript;
+                const u = t.findIndex((l) => l.role === 'user' && l.text === msg);
+                const answered = (l) => l.role === 'agent' && l.text.includes(msg);
+                return u >= 0 && t.slice(u + 1).some(answered);
+            }""",
+            "the agent's answer to the typed message",
+            arg=message,
+        )
+        assert await page.input_value("#text-input") == ""
+        user = page.locator("#transcript .bubble-user", has_text=message)
+        assert await user.count() == 1
+        agent = page.locator("#transcript .bubble-agent", has_text=message)
+        assert await agent.count() >= 1
+
+        await page.click("#stop")
+        await _wait_status(page, "disconnected")
+
+
+async def test_reconnects_after_server_restart(tmp_path: Path, silence_wav: Path) -> None:
+    """A server restart (close 1001) shows reconnecting, then resumes with one socket."""
+    srv = await _start_server(tmp_path)
+    try:
+        async with _page(silence_wav, srv.url) as page:
+            await page.goto("/")
+            await page.click("#start")
+            await _wait(page, "() => window.voicebridge.client.sessionId !== null", "a session")
+            first_session = await page.evaluate("() => window.voicebridge.client.sessionId")
+
+            await srv.stop()
+            await _wait_status(page, "reconnecting")
+            await srv.start()  # same port
+            await _wait(
+                page,
+                """(first) => {
+                    const c = window.voicebridge.client;
+                    return c.state === 'open' && c.sessionId && c.sessionId !== first;
+                }""",
+                "a new session after the restart",
+                arg=first_session,
+            )
+            # One capture graph and one socket: frames go out at 50 per second, not 100.
+            before = await page.evaluate("() => window.voicebridge.stats.framesSent")
+            started = time.monotonic()
+            await page.wait_for_timeout(2000)
+            after = await page.evaluate("() => window.voicebridge.stats.framesSent")
+            rate = (after - before) / (time.monotonic() - started)
+            assert 35 <= rate <= 65, f"{rate:.1f} frames/s after reconnecting"
+
+            await page.click("#stop")
+            await _wait_status(page, "disconnected")
+    finally:
+        await srv.stop()
+
+
+async def test_barge_in_stops_playback(server: ServerProcess, audio_dir: Path) -> None:
+    """Talking over the agent clears its queued voice at once (clear_audio)."""
+    if not speech.tools_available():
+        pytest.skip("espeak-ng and sox are needed to make test speech")
+    # Little trailing silence: the looped sentence starts again while the echo still plays.
+    wav = speech.make_speech_wav(
+        SPEECH, audio_dir / "barge.wav", rate=48_000, lead_s=0.3, trail_s=0.9
+    )
+    async with _page(wav, server.url) as page:
+        await page.goto("/")
+        await page.evaluate(
+            """() => window.voicebridge.client.addEventListener('clear', () => {
+                const s = window.voicebridge.stats;
+                window.afterClear = {played: s.agentAudioMsPlayed};
+            })"""
+        )
+        await page.click("#start")
+        await _wait(page, "() => window.voicebridge.stats.clearAudioCount > 0", "a barge-in")
+        await _wait(
+            page,
+            "() => window.voicebridge.stats.agentAudioMsQueued === 0",
+            "the playback queue to be dropped",
+        )
+        stats = await page.evaluate("() => ({...window.voicebridge.stats})")
+        at_clear = await page.evaluate("() => window.afterClear")
+        assert stats["agentAudioMsPlayed"] < stats["agentAudioMsReceived"]
+        # What was already in the audio device's pipeline may finish; nothing more.
+        assert stats["agentAudioMsPlayed"] - at_clear["played"] < 150, (stats, at_clear)
+        await page.click("#stop")
+        await _wait_status(page, "disconnected")
+
+
+async def test_client_token_is_required_and_sent(tmp_path: Path, silence_wav: Path) -> None:
+    """With CLIENT_TOKEN set, a wrong token shows a clear error and the right one connects."""
+    srv = await _start_server(tmp_path, CLIENT_TOKEN="s3cret-token")
+    try:
+        async with _page(silence_wav, srv.url) as page:
+            await page.goto("/")
+            await page.locator("#token").wait_for(state="visible")
+            await _wait(
+                page, "() => window.voicebridge.config !== null", "the server configuration"
+            )
+            assert await page.evaluate("() => window.voicebridge.config.client_token_required")
+
+            await page.fill("#token", "wrong-token")
+            await page.click("#start")
+            await _wait_status(page, "disconnected")
+            errors = page.locator("#errors")
+            await errors.get_by_text("token rejected or origin not allowed").wait_for()
+            assert await page.evaluate("() => window.voicebridge.client.sessionId") is None
+
+            await page.fill("#token", "s3cret-token")
+            await page.click("#start")
+            await _wait(page, "() => window.voicebridge.client.sessionId !== null", "a session")
+            assert await errors.locator(".toast").count() == 0, "old errors were not cleared"
+            await page.click("#stop")
+            await _wait_status(page, "disconnected")
+    finally:
+        await srv.stop()
+    assert "s3cret-token" not in srv.log_path.read_text(), "the token leaked into the log"
+
+
+async def test_disallowed_origin_shows_a_clear_error(tmp_path: Path, silence_wav: Path) -> None:
+    """A page whose origin is not in ALLOWED_ORIGINS says why it cannot connect."""
+    srv = await _start_server(tmp_path, ALLOWED_ORIGINS="https://voice.example.com")
+    try:
+        async with _page(silence_wav, srv.url) as page:
+            await page.goto("/")
+            await page.click("#start")
+            await _wait_status(page, "disconnected")
+            await page.locator("#errors").get_by_text("origin not allowed").wait_for()
+            assert await page.evaluate("() => window.voicebridge.client.state") == "failed"
+            assert await page.locator("#start").is_enabled()
+    finally:
+        await srv.stop()
+
+
+async def test_capture_resampler_rejects_aliases(server: ServerProcess, silence_wav: Path) -> None:
+    """The page's 48 kHz -> 24 kHz resampler passes speech and removes what would alias."""
+    async with _page(silence_wav, server.url) as page:
+        await page.goto("/")
+        gains = await page.evaluate(
+            """async () => {
+                const { StreamingResampler } = await import('/static/audio/resampler.js');
+                const gain = (freq, rate) => {
+                    const r = new StreamingResampler(rate, 24000);
+                    const x = new Float32Array(rate);
+                    const w = 2 * Math.PI * freq / rate;
+                    for (let i = 0; i < x.length; i++) x[i] = 0.5 * Math.sin(w * i);
+                    const out = [];
+                    for (let i = 0; i < x.length; i += 128) {
+                        out.push(...r.process(x.subarray(i, i + 128)));
+                    }
+                    const y = out.slice(2400);
+                    const rms = (a) => Math.sqrt(a.reduce((s, v) => s + v * v, 0) / a.length);
+                    return 20 * Math.log10(rms(y) / rms(x) + 1e-12);
+                };
+                return {
+                    pass48: gain(1000, 48000), stop48: gain(15000, 48000),
+                    pass44: gain(3000, 44100), stop44: gain(17000, 44100),
+                };
+            }"""
+        )
+    assert abs(gains["pass48"]) < 0.1, gains
+    assert abs(gains["pass44"]) < 0.1, gains
+    assert gains["stop48"] < -60, gains
+    assert gains["stop44"] < -60, gains
