@@ -125,6 +125,11 @@ async def test_client_token_is_required_when_set(aiohttp_client: Any) -> None:
     assert ws.protocol == "voicebridge"
     await VoiceSocket(ws).until_type("session_started")
     await ws.close()
+    # A browser offering only the token must get it selected, or it fails the handshake.
+    ws = await client.ws_connect("/ws/voice", protocols=("token.tok-123",))
+    assert ws.protocol == "token.tok-123"
+    await VoiceSocket(ws).until_type("session_started")
+    await ws.close()
 
 
 async def test_foreign_origin_is_refused(aiohttp_client: Any) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 
 from tests.conftest import MakeClient, StartEmulator, relay_settings
 from tests.redis_server import RedisServer
-from tests.voice_client import VoiceSocket, silence
+from tests.voice_client import StuckClient, VoiceSocket, silence
 from voicebridge import protocol
 from voicebridge.app import STATE, create_app
 from voicebridge.emulator import RunningEmulator
@@ -58,27 +59,36 @@ async def test_faster_than_real_time_is_rate_limited(
 async def test_client_that_does_not_read_is_ended_and_others_unaffected(
     start_emu: StartEmulator, make_client: MakeClient
 ) -> None:
-    """A client that never reads its audio is ended at the buffer limit; others go on."""
+    """A client that never reads its audio is ended when its buffer stays full; others go on."""
     emu = await start_emu(mirror=True)
     client = await make_client(
         relay_settings(
-            emu, CLIENT_SEND_BUFFER_MS="1000", MAX_AUDIO_RATE="100000", MAX_FRAME_BYTES="65536"
+            emu,
+            CLIENT_SEND_BUFFER_MS="1000",
+            CLIENT_SEND_TIMEOUT_S="1",
+            MAX_AUDIO_RATE="100000",
         )
     )
     other = await started(client)
-    stuck = await started(client)
     app = client.app
-    frame = b"\x01\x00" * 16000
-    metrics_before = app[STATE].metrics.send_overflows._value.get()
-    # The stuck client writes mirrored audio and never reads a byte back.
-    async with asyncio.timeout(60):
-        while len(app[STATE].sessions) == 2:
-            await stuck.ws.send_bytes(frame)
-            # The well-behaved session still answers promptly meanwhile.
-            await other.ws.send_json({"type": "ping"})
-            await other.until_type("pong", timeout=5)
-    assert app[STATE].metrics.send_overflows._value.get() == metrics_before + 1
-    assert len(app[STATE].sessions) == 1
+    state = app[STATE]
+    stuck = await StuckClient.connect(str(client.host), int(client.port))
+    overflows_before = state.metrics.send_overflows._value.get()
+    frame = b"\x01\x00" * 8000
+    try:
+        # The stuck client sends audio whose mirrored echo it never reads.
+        async with asyncio.timeout(60):
+            while len(state.sessions) < 2:
+                await asyncio.sleep(0.01)
+            while len(state.sessions) == 2:
+                with contextlib.suppress(ConnectionError):
+                    await stuck.send_binary(frame)
+                # The well-behaved session still answers promptly meanwhile.
+                await other.ws.send_json({"type": "ping"})
+                await other.until_type("pong", timeout=5)
+    finally:
+        stuck.close()
+    assert state.metrics.send_overflows._value.get() == overflows_before + 1
     await other.ws.send_json({"type": "ping"})
     await other.until_type("pong")
 

@@ -139,6 +139,25 @@ async def test_odd_frames_lose_no_sample(start_emu: StartEmulator, make_client: 
         if kind == "audio":
             got += data
     assert got == expected
+    odd = voice.messages("error")
+    assert [e["code"] for e in odd] == ["odd_frame"]  # told once, not per frame
+
+
+async def test_typed_messages_are_rate_limited(
+    start_emu: StartEmulator, make_client: MakeClient
+) -> None:
+    """Typed messages beyond CLIENT_TEXT_PER_MIN get rate_limited; the session goes on."""
+    emu = await start_emu()
+    client = await make_client(relay_settings(emu, CLIENT_TEXT_PER_MIN="4"))
+    voice = await started(client)
+    for n in range(3):
+        await voice.ws.send_json({"type": "text", "text": f"message number {n}"})
+    await voice.ws.send_json({"type": "ping"})
+    await voice.until_type("pong")
+    limited = [e for e in voice.messages("error") if e["code"] == "rate_limited"]
+    assert len(limited) == 2
+    assert "a minute" in limited[0]["message"]
+    await voice.until_type("agent_transcript")
 
 
 async def test_barge_in_clears_audio_and_nothing_of_it_follows(

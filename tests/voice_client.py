@@ -81,3 +81,57 @@ def is_msg(event: Event, kind: str, **fields: Any) -> bool:
 
 def silence(ms: int) -> bytes:
     return b"\x00\x00" * (24 * ms)
+
+
+class StuckClient:
+    """A WebSocket client that never reads, with a tiny receive buffer, on a raw socket.
+
+    aiohttp's own client keeps reading into memory, so it cannot play a peer that stops
+    reading; this one completes the handshake and then only ever writes.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def connect(cls, host: str, port: int, path: str = "/ws/voice") -> StuckClient:
+        import base64
+        import os
+        import socket
+
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (host, port))
+        reader, writer = await asyncio.open_connection(sock=sock)
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write(
+            (
+                f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                "Sec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101"), head
+        return cls(reader, writer)
+
+    async def send_binary(self, payload: bytes) -> None:
+        import os
+        import struct
+
+        mask = os.urandom(4)
+        size = len(payload)
+        if size < 126:
+            header = struct.pack("!BB", 0x82, 0x80 | size)
+        elif size < 65536:
+            header = struct.pack("!BBH", 0x82, 0x80 | 126, size)
+        else:
+            header = struct.pack("!BBQ", 0x82, 0x80 | 127, size)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        self.writer.write(header + mask + masked)
+        await self.writer.drain()
+
+    def close(self) -> None:
+        self.writer.transport.abort()

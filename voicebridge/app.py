@@ -45,6 +45,7 @@ class AppState:
     registry: SessionRegistry
     upstream: UpstreamConfig | None = None
     sessions: dict[str, Session] = attrs.field(factory=dict)
+    background: set[asyncio.Task[None]] = attrs.field(factory=set)
     draining: bool = False
     started_at: float = attrs.field(factory=time.time)
 
@@ -64,6 +65,7 @@ def create_app(settings: Settings, *, registry: SessionRegistry | None = None) -
     app[STATE] = AppState(settings=settings, metrics=Metrics(), registry=registry)
     app.cleanup_ctx.append(_upstream_ctx)
     app.cleanup_ctx.append(_registry_ctx)
+    app.cleanup_ctx.append(_background_ctx)
     app.on_shutdown.append(_drain_sessions)
     app.router.add_get("/health", health)
     app.router.add_get("/config", client_config)
@@ -143,6 +145,15 @@ async def _registry_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await registry.close()
+
+
+async def _background_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Tasks that outlive their session (closing an abandoned upstream attempt)."""
+    yield
+    tasks = app[STATE].background
+    for task in list(tasks):
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _drain_sessions(app: web.Application) -> None:
@@ -243,6 +254,19 @@ def _client_token_ok(request: web.Request, expected: str) -> bool:
     return ok
 
 
+def _choose_protocol(request: web.Request) -> tuple[str, ...]:
+    """Select ``voicebridge`` if offered; else echo the client's own offer (its token).
+
+    A browser fails the handshake unless one of its offered subprotocols is selected, so a
+    client offering only ``token.<TOKEN>`` gets that entry back.
+    """
+    offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")]
+    offered = [p for p in offered if p]
+    if not offered or "voicebridge" in offered:
+        return ("voicebridge",)
+    return (offered[0],)
+
+
 def _origin_ok(request: web.Request, allowed: tuple[str, ...]) -> bool:
     """Browsers always send Origin; a native client that sends none is not a browser."""
     origin = request.headers.get("Origin")
@@ -300,7 +324,7 @@ async def voice_ws(request: web.Request) -> web.StreamResponse:
     assert upstream is not None
 
     ws = web.WebSocketResponse(
-        protocols=("voicebridge",),
+        protocols=_choose_protocol(request),
         max_msg_size=s.max_frame_bytes * 4,
         timeout=2.0,
         heartbeat=30.0,
@@ -313,6 +337,7 @@ async def voice_ws(request: web.Request) -> web.StreamResponse:
         upstream=upstream,
         registry=state.registry,
         metrics=state.metrics,
+        background=state.background,
     )
     record = SessionRecord(
         session_id=session.id,

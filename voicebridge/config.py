@@ -70,6 +70,8 @@ class Settings:
     shutdown_grace_s: float = 10.0
     max_frame_bytes: int = 65536
     client_send_buffer_ms: int = 3000
+    client_send_timeout_s: float = 5.0
+    client_text_per_min: int = 20
     max_audio_rate: float = 1.5
     rate_window_s: float = 10.0
     registry_heartbeat_s: float = 5.0
@@ -219,6 +221,10 @@ class _Loader:
             "client_send_buffer_ms": g(
                 "CLIENT_SEND_BUFFER_MS", _parse_int, d.client_send_buffer_ms
             ),
+            "client_send_timeout_s": g(
+                "CLIENT_SEND_TIMEOUT_S", _parse_float, d.client_send_timeout_s
+            ),
+            "client_text_per_min": g("CLIENT_TEXT_PER_MIN", _parse_int, d.client_text_per_min),
             "max_audio_rate": g("MAX_AUDIO_RATE", _parse_float, d.max_audio_rate),
             "rate_window_s": g("RATE_WINDOW_S", _parse_float, d.rate_window_s),
             "registry_heartbeat_s": g("REGISTRY_HEARTBEAT_S", _parse_float, d.registry_heartbeat_s),
@@ -275,6 +281,7 @@ class _Loader:
             ("MAX_SESSIONS", "max_sessions"),
             ("MAX_FRAME_BYTES", "max_frame_bytes"),
             ("CLIENT_SEND_BUFFER_MS", "client_send_buffer_ms"),
+            ("CLIENT_TEXT_PER_MIN", "client_text_per_min"),
         ):
             c(v[key] > 0, f"{name}: must be more than 0")
         for name, key in (
@@ -283,6 +290,7 @@ class _Loader:
             ("UPSTREAM_CONNECT_TIMEOUT_S", "upstream_connect_timeout_s"),
             ("MAX_AUDIO_RATE", "max_audio_rate"),
             ("RATE_WINDOW_S", "rate_window_s"),
+            ("CLIENT_SEND_TIMEOUT_S", "client_send_timeout_s"),
             ("REGISTRY_HEARTBEAT_S", "registry_heartbeat_s"),
             ("REGISTRY_TTL_S", "registry_ttl_s"),
             ("METRICS_PUBLISH_S", "metrics_publish_s"),

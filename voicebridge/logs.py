@@ -19,6 +19,8 @@ _QUIET_LOGGERS = {
     "azure": logging.WARNING,
     "azure.ai.voicelive": logging.WARNING,
     "aiohttp.access": logging.WARNING,
+    # Its handshake warnings quote the client's offered subprotocols, which may hold a token.
+    "aiohttp.websocket": logging.ERROR,
 }
 
 

@@ -122,7 +122,7 @@ def _percentile(ordered: list[float], pct: float) -> float | None:
     return round(ordered[index], 1)
 
 
-@attrs.define
+@attrs.define(eq=False)
 class ResponseTrack:
     """What the client has been sent of one agent response, for barge-in truncation."""
 
@@ -133,13 +133,17 @@ class ResponseTrack:
     audio_queued: int = 0  # bytes accepted from upstream for the client
     audio_written: int = 0  # bytes actually written to the client socket
     muted: bool = False  # barge-in: drop the rest of its audio
-    client_played_ms: int | None = None
+    reported_ms: int | None = None  # the client's own playback report ...
+    reported_at: float = 0.0  # ... and when it arrived
 
     def played_ms(self, now: float) -> int:
-        """The audio the client has played: its own report, else min(sent, wall clock)."""
+        """Audio the client has played: its report projected forward, else the wall clock.
+
+        Never more than what was written to the socket.
+        """
         sent_ms = self.audio_written // BYTES_PER_MS
-        if self.client_played_ms is not None:
-            return min(self.client_played_ms, sent_ms)
+        if self.reported_ms is not None:
+            return int(min(sent_ms, self.reported_ms + (now - self.reported_at) * 1000))
         if self.first_audio_at is None:
             return 0
         return int(min(sent_ms, (now - self.first_audio_at) * 1000))
@@ -192,6 +196,7 @@ class Session:
         upstream: UpstreamConfig,
         registry: SessionRegistry,
         metrics: Metrics,
+        background: set[asyncio.Task[None]] | None = None,
         session_id: str | None = None,
     ) -> None:
         self.id = session_id or uuid.uuid4().hex
@@ -204,30 +209,40 @@ class Session:
         self.stats = SessionMetrics(client=request.remote or "")
         self.end: EndReason | None = None
         self.done = asyncio.Event()
+        self._background = background if background is not None else set()
+        self._task: asyncio.Task[Any] | None = None
         self._end_requested = asyncio.Event()
         self._conn: VoiceLiveConnection | None = None
         self._aligner = protocol.SampleAligner()
-        self._out: deque[bytes | str] = deque()
+        self._odd_frame_told = False
+        # Output to the client: text frames, and (track, pcm) audio. One writer at a time.
+        self._out: deque[str | tuple[ResponseTrack, bytes]] = deque()
         self._out_ready = asyncio.Event()
+        self._out_space = asyncio.Event()
+        self._write_lock = asyncio.Lock()
         self._out_audio_bytes = 0
         self._out_limit = settings.client_send_buffer_ms * BYTES_PER_MS
-        self._response: ResponseTrack | None = None
+        # Responses seen recently, by id; the newest created one is the current response.
+        self._tracks: dict[str, ResponseTrack] = {}
+        self._current: ResponseTrack | None = None
+        self._last_written: ResponseTrack | None = None
         self._no_response = asyncio.Event()
         self._no_response.set()
         self._started_sent = False
         self._speech_stopped_at: float | None = None
         self._last_activity = time.monotonic()
         self._warned = False
+        now = time.monotonic()
         rate = settings.max_audio_rate * protocol.SAMPLE_RATE * 2
-        self._bucket_capacity = rate * settings.rate_window_s
-        self._bucket = self._bucket_capacity
-        self._bucket_rate = rate
-        self._bucket_at = time.monotonic()
+        self._audio_bucket = TokenBucket(rate, rate * settings.rate_window_s, now)
+        per_s = settings.client_text_per_min / 60
+        self._text_bucket = TokenBucket(per_s, max(1.0, settings.client_text_per_min / 4), now)
 
     # -- lifecycle ---------------------------------------------------------------------
 
     async def run(self) -> None:
         """Relay until either side ends, a limit is hit, or an end is requested."""
+        self._task = asyncio.current_task()
         structlog.contextvars.bind_contextvars(session_id=self.id)
         log.info("session.started", client=self.stats.client, backend=self.upstream.backend)
         try:
@@ -239,10 +254,18 @@ class Session:
         except asyncio.CancelledError:
             self._set_end(EndReason("cancelled", errors.CLOSE_GOING_AWAY))
             raise
+        except Exception:
+            log.exception("session.failed")
+            self._set_end(EndReason("internal_error", errors.CLOSE_UPSTREAM))
+            if not self.ws.closed:
+                with contextlib.suppress(Exception):
+                    await self.ws.close(code=errors.CLOSE_UPSTREAM, message=b"internal error")
         finally:
             self.done.set()
             end = self.end or EndReason("unknown")
             self.prom.sessions.labels(reason=end.reason).inc()
+            self.prom.audio_in.inc(self.stats.audio_in_bytes / (BYTES_PER_MS * 1000))
+            self.prom.audio_out.inc(self.stats.audio_out_bytes / (BYTES_PER_MS * 1000))
             log.info(
                 "session.ended",
                 reason=end.reason,
@@ -265,7 +288,11 @@ class Session:
         self._end_requested.set()
 
     async def drain(self, grace_s: float) -> None:
-        """Graceful shutdown: tell the client, let the current response finish, close 1001."""
+        """Graceful shutdown: tell the client, let the current response finish, close 1001.
+
+        Bounded whatever the peers do: after the grace, the close gets a few seconds and
+        then the session's task is cancelled and its client connection aborted.
+        """
         if self.done.is_set():
             return
         self._send_text(protocol.status("shutting_down", grace_s=grace_s))
@@ -278,11 +305,21 @@ class Session:
             code=errors.ERR_SHUTDOWN,
             message="the server is restarting; please reconnect",
         )
-        await self.done.wait()
+        try:
+            async with asyncio.timeout(_CLOSE_TIMEOUT_S * 2):
+                await self.done.wait()
+        except TimeoutError:
+            log.warning("session.drain_forced")
+            self._abort_client()
+            if self._task is not None:
+                self._task.cancel()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_CLOSE_TIMEOUT_S):
+                    await self.done.wait()
 
     @property
     def response_active(self) -> bool:
-        return self._response is not None and self._response.active
+        return self._current is not None and self._current.active
 
     def _set_end(self, end: EndReason) -> None:
         if self.end is None:
@@ -299,34 +336,76 @@ class Session:
         return Disconnect(reason)
 
     async def _connect(self, stack: contextlib.AsyncExitStack) -> None:
-        up = self.upstream
-        started = time.monotonic()
+        """Open and configure the upstream; an end request or the timeout stops the wait."""
         try:
-            async with asyncio.timeout(self.settings.upstream_connect_timeout_s):
-                self._conn = await stack.enter_async_context(
-                    connect(
-                        credential=AzureKeyCredential(up.api_key),
-                        endpoint=up.endpoint,
-                        model=up.model,
-                        api_version=up.api_version,
-                        connection_options={"max_msg_size": 16 * 1024 * 1024, "heartbeat": 20.0},
-                    )
+            instructions = await asyncio.to_thread(self.settings.read_instructions)
+        except (OSError, UnicodeDecodeError) as exc:
+            log.error("session.instructions_unreadable", error=str(exc))
+            self._set_end(
+                EndReason(
+                    "config_error",
+                    errors.CLOSE_UPSTREAM,
+                    errors.ERR_INTERNAL,
+                    "the agent's instructions could not be read; please try again later",
                 )
-                instructions = await asyncio.to_thread(self.settings.read_instructions)
-                config = build_session_config(self.settings, instructions)
-                await self._conn.send({"type": "session.update", "session": config})
-        except TimeoutError:
-            self._upstream_failed(
-                f"Voice Live did not answer within {self.settings.upstream_connect_timeout_s:g} s"
             )
             return
-        except (VoiceLiveConnectionError, aiohttp.ClientError, OSError) as exc:
-            self._upstream_failed(f"could not connect to Voice Live: {_describe(exc)}")
+        up = self.upstream
+        manager = connect(
+            credential=AzureKeyCredential(up.api_key),
+            endpoint=up.endpoint,
+            model=up.model,
+            api_version=up.api_version,
+            connection_options={"max_msg_size": 16 * 1024 * 1024, "heartbeat": 20.0},
+        )
+        started = time.monotonic()
+        timeout = self.settings.upstream_connect_timeout_s
+        entering = asyncio.ensure_future(manager.__aenter__())
+        ending = asyncio.ensure_future(self._end_requested.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {entering, ending}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        except asyncio.CancelledError:
+            self._abandon(entering, manager)
+            raise
+        finally:
+            ending.cancel()
+        if entering not in done:
+            # The SDK cannot be cancelled mid-handshake without leaking its HTTP session,
+            # so let the attempt finish in the background and close whatever it opened.
+            self._abandon(entering, manager)
+            if self.end is None:
+                self._upstream_failed(f"Voice Live did not answer within {timeout:g} s")
+            return
+        failure = entering.exception()
+        if failure is not None:
+            self._upstream_failed(f"could not connect to Voice Live: {_describe(failure)}")
+            return
+        self._conn = entering.result()
+        stack.push_async_exit(manager)
+        config = build_session_config(self.settings, instructions)
+        try:
+            await self._conn.send({"type": "session.update", "session": config})
+        except VoiceLiveConnectionError as exc:
+            self._upstream_failed(f"could not configure Voice Live: {_describe(exc)}")
             return
         elapsed = time.monotonic() - started
         self.stats.upstream_connect_ms = round(elapsed * 1000, 1)
         self.prom.upstream_connect.observe(elapsed)
         log.info("session.upstream_connected", connect_ms=self.stats.upstream_connect_ms)
+
+    def _abandon(self, entering: asyncio.Future[VoiceLiveConnection], manager: Any) -> None:
+        async def close_when_done() -> None:
+            try:
+                await entering
+            except Exception:  # already reported to the client as a failed connect
+                return
+            await manager.__aexit__(None, None, None)
+
+        task = asyncio.create_task(close_when_done(), name=f"abandoned-connect-{self.id}")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _upstream_failed(self, message: str) -> None:
         log.warning("session.upstream_connect_failed", error=message)
@@ -363,34 +442,42 @@ class Session:
             )
 
     async def _close_client(self) -> None:
-        """Send the final message (if any) and close the client socket, never stalling."""
+        """Flush what a graceful end owes the client, say why, close; never stall."""
         end = self.end or EndReason("unknown")
         ws = self.ws
         if ws.closed:
             return
         try:
-            async with asyncio.timeout(2.0):
+            async with asyncio.timeout(_CLOSE_TIMEOUT_S):
+                if end.code in _GRACEFUL_CODES:
+                    # The rest of the answer and its transcript, then the reason.
+                    await self._flush()
                 if end.code and end.message:
-                    if end.code in {
-                        errors.ERR_ENDED_BY_ADMIN,
-                        errors.ERR_SESSION_LIMIT,
-                        errors.ERR_IDLE,
-                        errors.ERR_SHUTDOWN,
-                    }:
+                    if end.code in _GRACEFUL_CODES:
                         await ws.send_str(
                             protocol.status("ended", code=end.code, message=end.message)
                         )
                     else:
                         self.prom.errors.labels(code=end.code).inc()
                         await ws.send_str(protocol.error(end.message, end.code))
-                await ws.close(
-                    code=end.close_code, message=(end.message or end.reason)[:120].encode()
-                )
-        except (TimeoutError, ConnectionError, RuntimeError):
+                reason = (end.message or end.reason).encode()[:120]
+                await ws.close(code=end.close_code, message=reason)
+        except (TimeoutError, ConnectionError, RuntimeError, Disconnect):
             # A peer that does not read cannot hold the session (or a shutdown) hostage.
-            transport = self.request.transport
-            if transport is not None:
-                transport.abort()
+            self._abort_client()
+
+    async def _flush(self) -> None:
+        while self._out:
+            item = self._out.popleft()
+            if isinstance(item, str):
+                await self.ws.send_str(item)
+            else:
+                await self._write_audio(*item)
+
+    def _abort_client(self) -> None:
+        transport = self.request.transport
+        if transport is not None:
+            transport.abort()
 
     # -- client -> upstream ------------------------------------------------------------
 
@@ -402,28 +489,27 @@ class Session:
             if msg.type is aiohttp.WSMsgType.BINARY:
                 data: bytes = msg.data
                 if len(data) > max_frame:
-                    raise self._stop(
-                        "frame_too_large",
-                        errors.CLOSE_TOO_BIG,
-                        errors.ERR_FRAME_TOO_LARGE,
-                        f"frame of {len(data)} bytes is larger than the limit of {max_frame}",
-                    )
-                await self._send_audio(self._aligner.feed(data))
+                    raise self._too_large(len(data))
+                await self._send_audio(data)
             elif msg.type is aiohttp.WSMsgType.TEXT:
                 text: str = msg.data
                 if len(text) > max_frame:
-                    raise self._stop(
-                        "frame_too_large",
-                        errors.CLOSE_TOO_BIG,
-                        errors.ERR_FRAME_TOO_LARGE,
-                        f"frame of {len(text)} bytes is larger than the limit of {max_frame}",
-                    )
+                    raise self._too_large(len(text))
                 await self._handle_text(text)
             elif msg.type is aiohttp.WSMsgType.ERROR:
                 exc = ws.exception()
                 log.info("session.client_error", error=str(exc))
-                raise self._stop("client_error")
+                raise self._stop("client_error", ws.close_code or errors.CLOSE_TOO_BIG)
         raise self._stop("client_closed")
+
+    def _too_large(self, size: int) -> Disconnect:
+        limit = self.settings.max_frame_bytes
+        return self._stop(
+            "frame_too_large",
+            errors.CLOSE_TOO_BIG,
+            errors.ERR_FRAME_TOO_LARGE,
+            f"frame of {size} bytes is larger than the limit of {limit}",
+        )
 
     async def _handle_text(self, text: str) -> None:
         try:
@@ -432,24 +518,35 @@ class Session:
             self._client_error(exc.message, exc.code)
             return
         if isinstance(message, protocol.AudioIn):
-            await self._send_audio(self._aligner.feed(message.pcm))
+            await self._send_audio(message.pcm)
         elif isinstance(message, protocol.PingIn):
             self._send_text(protocol.PONG)
         elif isinstance(message, protocol.TextIn):
+            if not self._text_bucket.take(1, time.monotonic()):
+                self._client_error(
+                    f"too many text messages; at most {self.settings.client_text_per_min} a minute",
+                    errors.ERR_RATE_LIMITED,
+                )
+                return
             await self._send_user_text(message.text)
-        elif isinstance(message, protocol.PlaybackIn) and self._response is not None:
-            self._response.client_played_ms = message.played_ms
+        elif isinstance(message, protocol.PlaybackIn):
+            track = self._last_written
+            if track is not None and track.first_audio_at is not None:
+                track.reported_ms = message.played_ms
+                track.reported_at = time.monotonic()
 
-    async def _send_audio(self, pcm: bytes) -> None:
+    async def _send_audio(self, data: bytes) -> None:
+        pcm = self._aligner.feed(data)
+        if len(data) & 1 and not self._odd_frame_told:
+            self._odd_frame_told = True
+            self._client_error(
+                "audio frame with an odd byte count: PCM16 needs whole 2-byte samples; "
+                "the last byte is kept for the next frame (told once per session)",
+                errors.ERR_ODD_FRAME,
+            )
         if not pcm:
             return
-        now = time.monotonic()
-        self._bucket = min(
-            self._bucket_capacity, self._bucket + (now - self._bucket_at) * self._bucket_rate
-        )
-        self._bucket_at = now
-        self._bucket -= len(pcm)
-        if self._bucket < 0:
+        if not self._audio_bucket.take(len(pcm), time.monotonic()):
             raise self._stop(
                 "rate_limited",
                 errors.CLOSE_POLICY,
@@ -458,9 +555,15 @@ class Session:
             )
         self.stats.audio_in_bytes += len(pcm)
         self.stats.audio_in_frames += 1
-        await self._upstream_send(
-            {"type": "input_audio_buffer.append", "audio": base64.b64encode(pcm).decode()}
-        )
+        conn = self._conn
+        assert conn is not None
+        # The hot path: base64 needs no JSON escaping, so the event is built as a string and
+        # handed to the SDK connection's socket, skipping its json.dumps of a dict copy.
+        frame = _APPEND_HEAD + base64.b64encode(pcm).decode("ascii") + _APPEND_TAIL
+        try:
+            await conn._connection.send_str(frame)
+        except (aiohttp.ClientError, ConnectionError, RuntimeError) as exc:
+            raise self._upstream_closed(exc) from None
 
     async def _send_user_text(self, text: str) -> None:
         await self._upstream_send(
@@ -498,6 +601,7 @@ class Session:
         assert self._conn is not None
         conn = self._conn
         handlers = self._handlers()
+        on_audio = self._on_audio_delta
         while True:
             try:
                 raw = await conn.recv_bytes()
@@ -507,16 +611,19 @@ class Session:
                 continue
             try:
                 event = orjson.loads(raw)
-                handler = handlers.get(event.get("type"))
-            except (orjson.JSONDecodeError, AttributeError):
-                log.warning("session.upstream_bad_event", size=len(raw))
-                continue
-            if handler is not None:
-                await handler(event)
+                kind = event["type"]
+                if kind == "response.audio.delta":
+                    await on_audio(event)
+                    continue
+                handler = handlers.get(kind)
+                if handler is not None:
+                    await handler(event)
+            except (orjson.JSONDecodeError, LookupError, TypeError, ValueError, AttributeError):
+                # One malformed event is not worth a call; the service never sends them.
+                log.warning("session.upstream_bad_event", size=len(raw), exc_info=True)
 
     def _handlers(self) -> dict[str, Callable[[dict[str, Any]], Any]]:
         return {
-            "response.audio.delta": self._on_audio_delta,
             "session.updated": self._on_session_updated,
             "input_audio_buffer.speech_started": self._on_speech_started,
             "input_audio_buffer.speech_stopped": self._on_speech_stopped,
@@ -548,25 +655,30 @@ class Session:
             await self._upstream_send({"type": "response.create"})
 
     async def _on_speech_started(self, event: dict[str, Any]) -> None:
-        track = self._response
         now = time.monotonic()
-        if track is not None and track.still_playing(now):
-            await self._barge_in(track, now)
+        playing = [t for t in self._tracks.values() if t.still_playing(now)]
+        if playing:
+            await self._barge_in(playing, now)
         self._set_state("listening")
 
-    async def _barge_in(self, track: ResponseTrack, now: float) -> None:
-        track.muted = True
+    async def _barge_in(self, playing: list[ResponseTrack], now: float) -> None:
+        """The user talks over the agent: silence it now, end it, forget what was unheard."""
+        for track in playing:
+            track.muted = True
         dropped = self._drop_queued_audio()
-        heard_anything = track.audio_queued > 0
-        if heard_anything:
+        heard = [t for t in playing if t.audio_queued > 0]
+        if heard:
             self._send_text(protocol.CLEAR_AUDIO)
             self.stats.barge_ins += 1
             self.prom.barge_ins.inc()
-        if track.active:
+        current = self._current
+        if current is not None and current.active and current in playing:
             # With interrupt_response on, the service cancels on its own; a cancel that
             # loses that race is answered by response_cancel_not_active, which is ignored.
             await self._upstream_send({"type": "response.cancel"})
-        if track.item_id and heard_anything:
+        for track in heard:
+            if not track.item_id:
+                continue
             played = track.played_ms(now)
             if played > 0:
                 await self._upstream_send(
@@ -582,7 +694,9 @@ class Session:
                 await self._upstream_send(
                     {"type": "conversation.item.delete", "item_id": track.item_id}
                 )
-        log.info("session.barge_in", played_ms=track.played_ms(now), dropped_bytes=dropped)
+            log.info("session.barge_in", played_ms=played, item_id=track.item_id)
+        if dropped:
+            log.info("session.barge_in_dropped", dropped_ms=dropped // BYTES_PER_MS)
 
     async def _on_speech_stopped(self, event: dict[str, Any]) -> None:
         self._speech_stopped_at = time.monotonic()
@@ -596,23 +710,32 @@ class Session:
 
     async def _on_response_created(self, event: dict[str, Any]) -> None:
         response = event.get("response") or {}
-        self._response = ResponseTrack(response_id=str(response.get("id", "")))
+        track = ResponseTrack(response_id=str(response.get("id") or uuid.uuid4().hex))
+        self._remember(track)
+        self._current = track
         self._no_response.clear()
+
+    def _remember(self, track: ResponseTrack) -> None:
+        self._tracks[track.response_id] = track
+        if len(self._tracks) > _TRACKS_KEPT:
+            del self._tracks[next(iter(self._tracks))]
 
     async def _on_output_item(self, event: dict[str, Any]) -> None:
         item = event.get("item") or {}
-        if self._response is not None and self._response.item_id is None:
-            self._response.item_id = item.get("id")
+        track = self._tracks.get(str(event.get("response_id") or "")) or self._current
+        if track is not None and track.item_id is None:
+            track.item_id = item.get("id")
 
     async def _on_audio_delta(self, event: dict[str, Any]) -> None:
-        track = self._response
         response_id = event.get("response_id") or ""
-        if track is None or (response_id and response_id != track.response_id):
+        track = self._tracks.get(response_id) if response_id else self._current
+        if track is None:
             # Audio of a response we saw no response.created for: track it all the same.
-            track = self._response = ResponseTrack(response_id=response_id, active=False)
+            track = ResponseTrack(response_id=response_id or uuid.uuid4().hex, active=False)
+            self._remember(track)
         if track.muted:
             return
-        pcm = base64.b64decode(event.get("delta", ""))
+        pcm = base64.b64decode(event["delta"])
         if not pcm:
             return
         if track.item_id is None:
@@ -625,7 +748,7 @@ class Session:
                 self.stats.latencies_ms.append(round(latency * 1000, 1))
                 self.prom.latency.observe(latency)
         track.audio_queued += len(pcm)
-        self._send_audio_to_client(pcm)
+        await self._send_audio_to_client(track, pcm)
 
     async def _on_agent_transcript(self, event: dict[str, Any]) -> None:
         self.stats.agent_transcripts += 1
@@ -636,14 +759,19 @@ class Session:
         self._send_text(protocol.transcript("agent_text", event.get("text") or ""))
 
     async def _on_response_done(self, event: dict[str, Any]) -> None:
-        if self._response is not None:
-            self._response.active = False
-        self._no_response.set()
+        response = event.get("response") or {}
+        track = self._tracks.get(str(response.get("id") or "")) or self._current
+        if track is not None:
+            track.active = False
+        if self._current is None or not self._current.active:
+            self._no_response.set()
         if self.stats.state != "listening":
             self._set_state("ready")
 
     async def _on_upstream_error(self, event: dict[str, Any]) -> None:
-        err = event.get("error") or {}
+        err = event.get("error")
+        if not isinstance(err, dict):
+            err = {"message": str(err)} if err else {}
         code = str(err.get("code") or err.get("type") or errors.ERR_UPSTREAM)
         if code in _BENIGN_UPSTREAM_ERRORS:
             log.debug("session.upstream_benign_error", code=code)
@@ -652,24 +780,72 @@ class Session:
         log.warning("session.upstream_error", code=code, message=message)
         self._client_error(message, code)
 
-    # -- writer: the only task that writes to the client socket ------------------------
+    # -- output to the client ----------------------------------------------------------
 
     def _send_text(self, text: str) -> None:
+        if len(self._out) >= _MAX_PENDING_FRAMES:
+            # Only a client that reads nothing gets here; it is ended, not buffered for.
+            self.prom.send_overflows.inc()
+            self.request_end(
+                "slow_consumer",
+                close_code=errors.CLOSE_POLICY,
+                code=errors.ERR_SLOW_CONSUMER,
+                message="the client stopped reading",
+            )
+            return
         self._out.append(text)
         self._out_ready.set()
 
-    def _send_audio_to_client(self, pcm: bytes) -> None:
-        if self._out_audio_bytes + len(pcm) > self._out_limit:
-            self.prom.send_overflows.inc()
-            raise self._stop(
-                "slow_consumer",
-                errors.CLOSE_POLICY,
-                errors.ERR_SLOW_CONSUMER,
-                f"the client did not read {self.settings.client_send_buffer_ms} ms of audio",
-            )
+    async def _send_audio_to_client(self, track: ResponseTrack, pcm: bytes) -> None:
+        """Write at once when nothing is queued; else queue, waiting while the queue is full.
+
+        Waiting holds back the upstream pump (the service's socket buffers the rest), so a
+        slow but reading client is fine; one that makes no progress for
+        CLIENT_SEND_TIMEOUT_S is ended, and memory per session stays bounded.
+        """
+        if not self._out and not self._write_lock.locked():
+            await self._write_audio(track, pcm)
+            return
+        timeout = self.settings.client_send_timeout_s
+        while self._out_audio_bytes and self._out_audio_bytes + len(pcm) > self._out_limit:
+            self._out_space.clear()
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._out_space.wait()
+            except TimeoutError:
+                self.prom.send_overflows.inc()
+                raise self._stop(
+                    "slow_consumer",
+                    errors.CLOSE_POLICY,
+                    errors.ERR_SLOW_CONSUMER,
+                    f"the client read none of its audio for {timeout:g} s",
+                ) from None
+            if track.muted:
+                return
         self._out_audio_bytes += len(pcm)
-        self._out.append(pcm)
+        self._out.append((track, pcm))
         self._out_ready.set()
+
+    async def _write_audio(self, track: ResponseTrack, pcm: bytes) -> None:
+        timeout = self.settings.client_send_timeout_s
+        async with self._write_lock:
+            try:
+                async with asyncio.timeout(timeout):
+                    await self.ws.send_bytes(pcm)
+            except TimeoutError:
+                self.prom.send_overflows.inc()
+                raise self._stop(
+                    "slow_consumer",
+                    errors.CLOSE_POLICY,
+                    errors.ERR_SLOW_CONSUMER,
+                    f"the client read none of its audio for {timeout:g} s",
+                ) from None
+        self.stats.audio_out_bytes += len(pcm)
+        self.stats.audio_out_frames += 1
+        if track.first_audio_at is None:
+            track.first_audio_at = time.monotonic()
+        track.audio_written += len(pcm)
+        self._last_written = track
 
     def _drop_queued_audio(self) -> int:
         dropped = self._out_audio_bytes
@@ -679,6 +855,7 @@ class Session:
             self._out.clear()
             self._out.extend(kept)
             self._out_audio_bytes = 0
+            self._out_space.set()
         return dropped
 
     def _client_error(self, message: str, code: str) -> None:
@@ -703,17 +880,13 @@ class Session:
                     continue
                 item = out.popleft()
                 if isinstance(item, str):
-                    await ws.send_str(item)
+                    async with self._write_lock:
+                        await ws.send_str(item)
                     continue
-                self._out_audio_bytes -= len(item)
-                track = self._response
-                await ws.send_bytes(item)
-                self.stats.audio_out_bytes += len(item)
-                self.stats.audio_out_frames += 1
-                if track is not None:
-                    if track.first_audio_at is None:
-                        track.first_audio_at = time.monotonic()
-                    track.audio_written += len(item)
+                track, pcm = item
+                self._out_audio_bytes -= len(pcm)
+                await self._write_audio(track, pcm)
+                self._out_space.set()
         except (ConnectionError, RuntimeError) as exc:
             raise self._stop("client_gone") from exc
 
@@ -771,6 +944,37 @@ class Session:
         raise Disconnect("end requested")
 
 
+@attrs.define
+class TokenBucket:
+    """``rate`` tokens a second, at most ``capacity`` saved up."""
+
+    rate: float
+    capacity: float
+    at: float
+    tokens: float = attrs.field(default=-1.0)
+
+    def __attrs_post_init__(self) -> None:
+        self.tokens = self.capacity
+
+    def take(self, amount: float, now: float) -> bool:
+        self.tokens = min(self.capacity, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens < amount:
+            return False
+        self.tokens -= amount
+        return True
+
+
+_APPEND_HEAD = '{"type":"input_audio_buffer.append","audio":"'
+_APPEND_TAIL = '"}'
+_CLOSE_TIMEOUT_S = 2.0
+_TRACKS_KEPT = 8
+_MAX_PENDING_FRAMES = 2000
+_GRACEFUL_CODES = frozenset(
+    {errors.ERR_ENDED_BY_ADMIN, errors.ERR_SESSION_LIMIT, errors.ERR_IDLE, errors.ERR_SHUTDOWN}
+)
+
+
 def _describe(exc: BaseException | None) -> str:
     """A short, secret-free description of a connection failure."""
     if exc is None:
@@ -783,9 +987,8 @@ def _describe(exc: BaseException | None) -> str:
             return "the service rejected the API key (401)"
         return f"handshake failed with HTTP {cause.status}"
     if isinstance(cause, aiohttp.ClientConnectorError):
-        return (
-            f"cannot reach {cause.host}:{cause.port} ({cause.os_error.strerror or cause.os_error})"
-        )
+        reason = cause.os_error.strerror or type(cause.os_error).__name__
+        return f"cannot reach {cause.host}:{cause.port} ({reason})"
     if isinstance(cause, OSError | aiohttp.ClientError):
         return type(cause).__name__
     return type(exc).__name__
