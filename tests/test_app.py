@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import aiohttp
@@ -81,6 +82,16 @@ async def test_session_on_the_builtin_emulator_and_metrics(aiohttp_client: Any) 
     text = await (await client.get("/metrics")).text()
     assert "voicebridge_active_sessions 1.0" in text
     await voice.ws.close()
+    async with asyncio.timeout(10):
+        while client.app[STATE].sessions:
+            await asyncio.sleep(0.02)
+    text = await (await client.get("/metrics")).text()
+    assert "voicebridge_active_sessions 0.0" in text
+    assert 'voicebridge_sessions_total{reason="client_closed"} 1.0' in text
+    audio_out = next(
+        line for line in text.splitlines() if line.startswith("voicebridge_audio_out_seconds_total")
+    )
+    assert float(audio_out.split()[1]) > 0
 
 
 async def test_admin_delete_ends_the_session(aiohttp_client: Any) -> None:

@@ -85,9 +85,17 @@ ERROR_CODES = [
     ("bad_message", "JSON that is not an object, has no type, or has a bad field"),
     ("unknown_type", "a type other than audio, text, ping, playback"),
     ("bad_audio", "audio that is missing or not valid base64"),
+    ("odd_frame", "warning, once per session: an odd-length audio frame; its last byte is kept"),
     ("frame_too_large", "then close 1009"),
-    ("rate_limited", "audio faster than MAX_AUDIO_RATE x real time; then close 1008"),
-    ("slow_consumer", "the client did not read CLIENT_SEND_BUFFER_MS of audio; then close 1008"),
+    (
+        "rate_limited",
+        "audio faster than MAX_AUDIO_RATE x real time (then close 1008), or "
+        "typed messages past CLIENT_TEXT_PER_MIN (dropped; the session goes on)",
+    ),
+    (
+        "slow_consumer",
+        "the client read none of its audio for CLIENT_SEND_TIMEOUT_S; then close 1008",
+    ),
     ("upstream_connect_failed", "Voice Live refused or did not answer; then close 1011"),
     ("upstream_closed", "Voice Live dropped the connection; then close 1011"),
     ("at_capacity", "then close 1013"),

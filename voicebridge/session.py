@@ -232,6 +232,8 @@ class Session:
         self._speech_stopped_at: float | None = None
         self._last_activity = time.monotonic()
         self._warned = False
+        self._counted_in = 0
+        self._counted_out = 0
         now = time.monotonic()
         rate = settings.max_audio_rate * protocol.SAMPLE_RATE * 2
         self._audio_bucket = TokenBucket(rate, rate * settings.rate_window_s, now)
@@ -264,8 +266,7 @@ class Session:
             self.done.set()
             end = self.end or EndReason("unknown")
             self.prom.sessions.labels(reason=end.reason).inc()
-            self.prom.audio_in.inc(self.stats.audio_in_bytes / (BYTES_PER_MS * 1000))
-            self.prom.audio_out.inc(self.stats.audio_out_bytes / (BYTES_PER_MS * 1000))
+            self._count_audio()
             log.info(
                 "session.ended",
                 reason=end.reason,
@@ -599,14 +600,18 @@ class Session:
 
     async def _upstream_pump(self) -> None:
         assert self._conn is not None
-        conn = self._conn
+        # Read the SDK connection's socket directly: its recv_bytes() re-encodes every
+        # text frame and logs it, which is most of the relay's cost per audio delta.
+        upstream_ws = self._conn._connection
         handlers = self._handlers()
         on_audio = self._on_audio_delta
+        text, binary = aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY
         while True:
-            try:
-                raw = await conn.recv_bytes()
-            except ConnectionClosed as exc:
-                raise self._upstream_closed(exc) from None
+            msg = await upstream_ws.receive()
+            if msg.type is not text and msg.type is not binary:
+                code = upstream_ws.close_code or 1006
+                raise self._upstream_closed(ConnectionClosed(code, str(msg.type)))
+            raw = msg.data
             if not raw:
                 continue
             try:
@@ -931,7 +936,17 @@ class Session:
             await asyncio.sleep(interval)
             await self.publish()
 
+    def _count_audio(self) -> None:
+        """Add the audio relayed since the last call to the process-wide counters."""
+        stats = self.stats
+        bytes_per_s = BYTES_PER_MS * 1000
+        self.prom.audio_in.inc((stats.audio_in_bytes - self._counted_in) / bytes_per_s)
+        self.prom.audio_out.inc((stats.audio_out_bytes - self._counted_out) / bytes_per_s)
+        self._counted_in = stats.audio_in_bytes
+        self._counted_out = stats.audio_out_bytes
+
     async def publish(self) -> None:
+        self._count_audio()
         try:
             await self.registry.update(
                 self.id, state=self.stats.state, metrics=self.stats.as_dict()
