@@ -53,7 +53,8 @@ def _use_uvloop() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
-    _use_uvloop()
+    if args.command in {"serve", "emulator"}:
+        _use_uvloop()
     if args.command == "serve":
         return _serve(args.env_file)
     if args.command == "emulator":

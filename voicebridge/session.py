@@ -833,10 +833,16 @@ class Session:
 
     async def _write_audio(self, track: ResponseTrack, pcm: bytes) -> None:
         timeout = self.settings.client_send_timeout_s
+        transport = self.request.transport
         async with self._write_lock:
             try:
-                async with asyncio.timeout(timeout):
+                if transport is not None and transport.get_write_buffer_size() < _FAST_WRITE:
+                    # The socket is keeping up, so this write cannot block: skip the timer,
+                    # which would otherwise cost more than the write itself.
                     await self.ws.send_bytes(pcm)
+                else:
+                    async with asyncio.timeout(timeout):
+                        await self.ws.send_bytes(pcm)
             except TimeoutError:
                 self.prom.send_overflows.inc()
                 raise self._stop(
@@ -983,6 +989,7 @@ class TokenBucket:
 _APPEND_HEAD = '{"type":"input_audio_buffer.append","audio":"'
 _APPEND_TAIL = '"}'
 _CLOSE_TIMEOUT_S = 2.0
+_FAST_WRITE = 16 * 1024  # bytes buffered below which a write goes out without waiting
 _TRACKS_KEPT = 8
 _MAX_PENDING_FRAMES = 2000
 _GRACEFUL_CODES = frozenset(
