@@ -14,9 +14,10 @@ from aiohttp.test_utils import TestClient
 
 from tests.conftest import KEY, MakeClient, StartEmulator, make_settings, relay_settings
 from tests.speech import make_speech_pcm
-from tests.voice_client import VoiceSocket, is_msg, silence
+from tests.voice_client import VoiceSocket, is_msg, silence, tone
 from voicebridge.app import STATE
 from voicebridge.emulator import RunningEmulator
+from voicebridge.session import ResponseTrack
 
 
 @pytest.fixture(scope="module")
@@ -334,3 +335,70 @@ async def test_session_is_configured_from_settings(
     assert config["input_audio_echo_cancellation"]["type"] == "server_echo_cancellation"
     assert config["input_audio_transcription"]["model"]
     assert (config["input_audio_format"], config["output_audio_format"]) == ("pcm16", "pcm16")
+
+
+async def test_barge_in_after_the_response_was_fully_sent(
+    start_emu: StartEmulator, make_client: MakeClient
+) -> None:
+    """Like Azure, all audio arrives early: speaking over it still clears and truncates."""
+    emu = await start_emu(realtime=False)
+    client = await make_client(relay_settings(emu))
+    voice = await started(client)
+    await voice.ws.send_json({"type": "text", "text": "Tell me all about the offer today."})
+    await voice.until_type("status", status="ready")  # response.done: audio all sent
+    sent_ms = voice.audio_bytes() // 48
+    assert sent_ms > 1000
+    # The client says it has played 400 ms so far; then the caller talks over the agent.
+    await voice.ws.send_json({"type": "playback", "played_ms": 400})
+    await voice.ws.send_json({"type": "ping"})
+    await voice.until_type("pong")
+    await voice.send_audio(silence(100) + tone(600) + silence(700))
+    await voice.until_type("clear_audio")
+    async with asyncio.timeout(5):
+        while emu.event_count("conversation.item.truncated") == 0:
+            await asyncio.sleep(0.01)
+    truncated = emu.last_event("conversation.item.truncated")
+    assert truncated is not None
+    # What was heard: the report plus the time since, never all that was sent.
+    assert 400 <= truncated["audio_end_ms"] < sent_ms
+    assert voice.messages("error") == []
+
+
+async def test_speaking_before_the_agent_makes_a_sound(
+    start_emu: StartEmulator, make_client: MakeClient
+) -> None:
+    """Talking over a response that has no audio yet cancels it; nothing to clear or cut."""
+    emu = await start_emu(realtime=False, first_audio_delay_s=2.0)
+    client = await make_client(relay_settings(emu))
+    voice = await started(client)
+    await voice.ws.send_json({"type": "text", "text": "Tell me all about the offer today."})
+    async with asyncio.timeout(5):
+        while emu.event_count("response.created") == 0:
+            await asyncio.sleep(0.01)
+    await voice.send_audio(tone(600) + silence(700))
+    await voice.until_type("status", status="listening")
+    async with asyncio.timeout(5):
+        while (emu.last_event("response.done") or {}).get("response", {}).get("status") != (
+            "cancelled"
+        ):
+            await asyncio.sleep(0.01)
+    assert not voice.messages("clear_audio")
+    assert emu.event_count("conversation.item.truncated") == 0
+    assert emu.event_count("conversation.item.deleted") == 0
+    assert voice.messages("error") == []
+
+
+def test_played_position_estimates() -> None:
+    """Played audio: the client's report projected forward, else wall clock, capped at sent."""
+    track = ResponseTrack(response_id="r")
+    assert track.played_ms(100.0) == 0  # nothing written yet
+    track.first_audio_at = 100.0
+    track.audio_written = track.audio_queued = 48 * 3000  # 3 s sent
+    assert track.played_ms(101.0) == 1000  # wall clock since the first audio
+    assert track.played_ms(110.0) == 3000  # never more than was sent
+    track.reported_ms, track.reported_at = 0, 101.0  # the client had not started playing
+    assert track.played_ms(101.0) == 0
+    assert track.played_ms(101.5) == 500
+    assert track.still_playing(101.5)
+    track.active = False
+    assert not track.still_playing(105.0)

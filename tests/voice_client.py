@@ -83,6 +83,17 @@ def silence(ms: int) -> bytes:
     return b"\x00\x00" * (24 * ms)
 
 
+def tone(ms: int, freq: float = 440.0, amplitude: float = 0.3) -> bytes:
+    """A sine tone, loud enough for any voice activity detector."""
+    import math
+    from array import array
+
+    n = 24 * ms
+    step = 2 * math.pi * freq / 24000
+    peak = amplitude * 32767
+    return array("h", (int(peak * math.sin(i * step)) for i in range(n))).tobytes()
+
+
 class StuckClient:
     """A WebSocket client that never reads, with a tiny receive buffer, on a raw socket.
 

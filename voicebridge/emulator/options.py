@@ -65,7 +65,7 @@ class EmulatorOptions:
     chunk_ms: int = attrs.field(default=100, validator=_positive_int)
     #: Longest utterance (or manually buffered audio) kept in memory; a longer turn is
     #: ended by the server as if the speaker had paused.
-    max_utterance_s: float = attrs.field(default=30.0, validator=_non_negative)
+    max_utterance_s: float = attrs.field(default=30.0, validator=_optional_positive_float)
 
 
 def add_emulator_arguments(parser: argparse.ArgumentParser) -> None:

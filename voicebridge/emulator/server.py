@@ -12,6 +12,7 @@ blocking entry point of `python -m voicebridge emulator`.
 from __future__ import annotations
 
 import asyncio
+import collections
 import hmac
 import signal
 import time
@@ -45,8 +46,10 @@ class EmulatorState:
     #: Connections accepted since start, and those whose handler has not finished yet.
     accepted: int = 0
     live: int = 0
-    #: The configuration most recently applied by a `session.update`, on any connection.
-    last_session: dict[str, Any] | None = None
+    #: Server events sent so far by type, and the last one of each type but audio deltas,
+    #: on any connection: what tests check the emulator was asked to do.
+    event_counts: collections.Counter[str] = attrs.field(factory=collections.Counter)
+    last_events: dict[str, dict[str, Any]] = attrs.field(factory=dict)
     changed: asyncio.Condition = attrs.field(factory=asyncio.Condition)
 
     async def _notify(self) -> None:
@@ -126,8 +129,10 @@ async def _realtime(request: web.Request) -> web.StreamResponse:
         except ConnectionError:
             return
         sent += 1
-        if event.get("type") == "session.updated":
-            state.last_session = event.get("session")
+        kind = event["type"]
+        state.event_counts[kind] += 1
+        if kind != "response.audio.delta":
+            state.last_events[kind] = event
         if close_after_events is not None and sent >= close_after_events:
             drop("close_after_events")
 
@@ -221,7 +226,16 @@ class RunningEmulator:
 
     def last_session_config(self) -> dict[str, Any] | None:
         """The configuration most recently applied by a `session.update` (for tests)."""
-        return self._state.last_session
+        event = self._state.last_events.get("session.updated")
+        return None if event is None else event.get("session")
+
+    def last_event(self, kind: str) -> dict[str, Any] | None:
+        """The last server event of this type sent on any connection (audio deltas aside)."""
+        return self._state.last_events.get(kind)
+
+    def event_count(self, kind: str) -> int:
+        """How many server events of this type were sent on all connections."""
+        return self._state.event_counts[kind]
 
     @property
     def connections(self) -> int:
