@@ -35,6 +35,11 @@ def _optional_positive_int(
         raise ValueError(f"{attribute.name} must be > 0 when set, got {value!r}")
 
 
+def _positive_float(_instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if value <= 0:
+        raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
+
+
 def _positive_int(_instance: object, attribute: attrs.Attribute[int], value: int) -> None:
     if value <= 0:
         raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
@@ -65,7 +70,7 @@ class EmulatorOptions:
     chunk_ms: int = attrs.field(default=100, validator=_positive_int)
     #: Longest utterance (or manually buffered audio) kept in memory; a longer turn is
     #: ended by the server as if the speaker had paused.
-    max_utterance_s: float = attrs.field(default=30.0, validator=_optional_positive_float)
+    max_utterance_s: float = attrs.field(default=30.0, validator=_positive_float)
 
 
 def add_emulator_arguments(parser: argparse.ArgumentParser) -> None:
