@@ -421,7 +421,13 @@ async def serve(settings: Settings) -> None:
     await runner.setup()
     site = web.TCPSite(runner, settings.app_host, settings.app_port)
     await site.start()
-    log.info("app.listening", url=f"http://{settings.app_host}:{settings.app_port}/")
+    shown_host = "localhost" if settings.app_host in {"0.0.0.0", "::", ""} else settings.app_host
+    log.info(
+        "app.listening",
+        host=settings.app_host,
+        port=settings.app_port,
+        open=f"http://{shown_host}:{settings.app_port}/",
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
