@@ -7,6 +7,7 @@ the emulator's VAD and echo answer, and the playback worklet.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import time
@@ -15,6 +16,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from tests import speech
@@ -147,6 +149,105 @@ async def _wait_status(page: Any, value: str) -> None:
         f"status {value!r}",
         arg=value,
     )
+
+
+# What the page holds open and what it sends, seen from inside the page. The page's own code
+# is untouched: these wrap the browser APIs it calls.
+_INSTRUMENT = """
+(() => {
+    const live = { contexts: [], streams: [], sockets: [] };
+    window.__live = live;
+    window.__reports = []; // {socket, played, responseMs}: playback reports the page sent
+
+    const NativeAudioContext = window.AudioContext;
+    window.AudioContext = class extends NativeAudioContext {
+        constructor(...args) {
+            super(...args);
+            live.contexts.push(this);
+        }
+    };
+
+    const NativeWebSocket = window.WebSocket;
+    window.WebSocket = class extends NativeWebSocket {
+        constructor(...args) {
+            super(...args);
+            this.index = live.sockets.push(this) - 1;
+            this.receivedMs = 0; // agent audio received on this socket
+            this.responseFromMs = 0; // where the current response's audio starts
+            this.speaking = false;
+            this.addEventListener('message', (e) => {
+                if (typeof e.data !== 'string') {
+                    if (this.speaking) {
+                        // The first audio after status agent_speaking starts a response.
+                        this.responseFromMs = this.receivedMs;
+                        this.speaking = false;
+                    }
+                    this.receivedMs += e.data.byteLength / 48;
+                    return;
+                }
+                const msg = JSON.parse(e.data);
+                if (msg.type === 'status' && msg.status === 'agent_speaking') this.speaking = true;
+            });
+        }
+        send(data) {
+            if (typeof data === 'string') {
+                const msg = JSON.parse(data);
+                if (msg.type === 'playback') {
+                    window.__reports.push({
+                        socket: this.index,
+                        played: msg.played_ms,
+                        responseMs: this.receivedMs - this.responseFromMs,
+                    });
+                }
+            }
+            super.send(data);
+        }
+    };
+
+    // The microphone prompt stays open until the test answers it (window.__answerPrompt).
+    const getUserMedia = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
+    let holdPrompt = false;
+    const waiting = [];
+    window.__promptsOpen = 0;
+    window.__holdPrompt = () => { holdPrompt = true; };
+    window.__answerPrompt = () => {
+        holdPrompt = false;
+        waiting.splice(0).forEach((go) => go());
+    };
+    navigator.mediaDevices.getUserMedia = async (constraints) => {
+        if (holdPrompt) {
+            window.__promptsOpen += 1;
+            await new Promise((go) => waiting.push(go));
+            window.__promptsOpen -= 1;
+        }
+        const stream = await getUserMedia(constraints);
+        live.streams.push(stream);
+        return stream;
+    };
+
+    window.__open = () => ({
+        tracks: live.streams.flatMap((s) => s.getTracks()).filter((t) => t.readyState === 'live')
+            .length,
+        contexts: live.contexts.filter((c) => c.state !== 'closed').length,
+        sockets: live.sockets.filter((w) => w.readyState <= 1).length,
+    });
+})();
+"""
+
+
+async def _server_sessions(srv: ServerProcess) -> int:
+    async with aiohttp.ClientSession() as http, http.get(f"{srv.url}/sessions") as resp:
+        assert resp.status == 200
+        count: int = (await resp.json())["count"]
+        return count
+
+
+async def _wait_server_sessions(srv: ServerProcess, want: int) -> None:
+    deadline = time.monotonic() + WAIT_MS / 1000
+    while (count := await _server_sessions(srv)) != want:
+        if time.monotonic() > deadline:
+            pytest.fail(f"the server has {count} sessions, expected {want}")
+        await asyncio.sleep(0.1)
 
 
 # -- tests ---------------------------------------------------------------------------------
@@ -318,6 +419,8 @@ async def test_client_token_is_required_and_sent(tmp_path: Path, silence_wav: Pa
     srv = await _start_server(tmp_path, CLIENT_TOKEN="s3cret-token")
     try:
         async with _page(silence_wav, srv.url) as page:
+            socket_urls: list[str] = []
+            page.on("websocket", lambda ws: socket_urls.append(ws.url))
             await page.goto("/")
             await page.locator("#token").wait_for(state="visible")
             await _wait(
@@ -338,9 +441,37 @@ async def test_client_token_is_required_and_sent(tmp_path: Path, silence_wav: Pa
             assert await errors.locator(".toast").count() == 0, "old errors were not cleared"
             await page.click("#stop")
             await _wait_status(page, "disconnected")
+        assert len(socket_urls) == 2, socket_urls
+        assert not [u for u in socket_urls if "token" in u], socket_urls
     finally:
         await srv.stop()
     assert "s3cret-token" not in srv.log_path.read_text(), "the token leaked into the log"
+    assert "wrong-token" not in srv.log_path.read_text(), "the token leaked into the log"
+
+
+async def test_token_in_page_link_is_used_and_hidden(tmp_path: Path, silence_wav: Path) -> None:
+    """A link with ?token= fills the field, leaves the address bar, and connects."""
+    srv = await _start_server(tmp_path, CLIENT_TOKEN="link-token-42")
+    try:
+        async with _page(silence_wav, srv.url) as page:
+            socket_urls: list[str] = []
+            page.on("websocket", lambda ws: socket_urls.append(ws.url))
+            await page.goto("/static/index.html?lang=en&token=link-token-42")
+            await _wait(
+                page, "() => window.voicebridge.config !== null", "the server configuration"
+            )
+            assert await page.input_value("#token") == "link-token-42"
+            assert "token" not in page.url, page.url
+            assert "lang=en" in page.url, page.url
+
+            await page.click("#start")
+            await _wait(page, "() => window.voicebridge.client.sessionId !== null", "a session")
+            await page.click("#stop")
+            await _wait_status(page, "disconnected")
+        assert socket_urls and not [u for u in socket_urls if "token" in u], socket_urls
+    finally:
+        await srv.stop()
+    assert "link-token-42" not in srv.log_path.read_text(), "the token leaked into the log"
 
 
 async def test_disallowed_origin_shows_a_clear_error(tmp_path: Path, silence_wav: Path) -> None:
@@ -388,3 +519,164 @@ async def test_capture_resampler_rejects_aliases(server: ServerProcess, silence_
     assert abs(gains["pass44"]) < 0.1, gains
     assert gains["stop48"] < -60, gains
     assert gains["stop44"] < -60, gains
+
+
+async def test_stop_and_start_again_while_the_mic_prompt_is_open(
+    server: ServerProcess, silence_wav: Path
+) -> None:
+    """Start, Stop and Start again before the microphone prompt is answered: one session.
+
+    Exactly one microphone track, two audio contexts (microphone and player) and one socket
+    are open afterwards, the server has one session, and after Stop nothing is left open.
+    """
+    async with _page(silence_wav, server.url) as page:
+        await page.add_init_script(_INSTRUMENT)
+        await page.goto("/")
+        await page.evaluate("() => window.__holdPrompt()")
+        await page.click("#start")
+        await _wait(page, "() => window.__promptsOpen === 1", "the microphone prompt")
+        await page.click("#stop")
+        await _wait_status(page, "disconnected")
+        assert await page.locator("#start").is_enabled()
+        await page.click("#start")
+        await page.evaluate("() => window.__answerPrompt()")
+
+        await _wait(page, "() => window.voicebridge.client.sessionId !== null", "a session")
+        await _wait(page, "() => window.voicebridge.client.state === 'open'", "an open socket")
+        await _wait(
+            page,
+            "() => window.voicebridge.stats.framesSent > 25",
+            "microphone frames on the socket",
+        )
+        assert await page.evaluate("() => window.__open()") == {
+            "tracks": 1,
+            "contexts": 2,
+            "sockets": 1,
+        }
+        assert await _server_sessions(server) == 1
+        assert await page.locator("#stop").is_enabled()
+
+        await page.click("#stop")
+        await _wait_status(page, "disconnected")
+        await _wait(
+            page,
+            """() => {
+                const o = window.__open();
+                return o.tracks === 0 && o.contexts === 0 && o.sockets === 0;
+            }""",
+            "every track, audio context and socket to be closed",
+        )
+        await _wait_server_sessions(server, 0)
+
+
+async def test_playback_reports_in_a_second_session(server: ServerProcess, audio_dir: Path) -> None:
+    """A second session on the same page reports the agent audio it really played.
+
+    Each ``playback`` report counts the current response only: never more than the audio
+    of that response received so far, and all of it once the response has played out.
+    """
+    if not speech.tools_available():
+        pytest.skip("espeak-ng and sox are needed to make test speech")
+    # Long trailing silence: the echo plays out before the looped sentence starts again.
+    wav = speech.make_speech_wav(
+        SPEECH, audio_dir / "turns.wav", rate=48_000, lead_s=0.5, trail_s=5.0
+    )
+    async with _page(wav, server.url) as page:
+        await page.add_init_script(_INSTRUMENT)
+        await page.goto("/")
+        for session in (0, 1):
+            await page.click("#start")
+            await _wait(
+                page,
+                """(n) => window.__reports.some(
+                    (r) => r.socket === n && r.played >= 1000 && r.responseMs - r.played < 100
+                )""",
+                f"a report of a whole response played out in session {session + 1}",
+                arg=session,
+            )
+            await page.click("#stop")
+            await _wait_status(page, "disconnected")
+        reports = await page.evaluate("() => window.__reports")
+        assert {r["socket"] for r in reports} == {0, 1}
+        too_much = [r for r in reports if r["played"] > r["responseMs"] + 1]
+        assert not too_much, too_much
+        stats = await page.evaluate("() => ({...window.voicebridge.stats})")
+        assert 0 < stats["agentAudioMsPlayed"] <= stats["agentAudioMsReceived"], stats
+
+
+async def test_mic_frames_are_dropped_while_the_network_stalls(
+    server: ServerProcess, silence_wav: Path
+) -> None:
+    """With over a second of audio stuck in the socket's send buffer, mic frames are dropped
+    (and counted) instead of queued; sending resumes when the buffer drains.
+
+    The stall is simulated by making the socket report a full send buffer.
+    """
+    async with _page(silence_wav, server.url) as page:
+        await page.goto("/")
+        await page.click("#start")
+        await _wait(page, "() => window.voicebridge.stats.framesSent > 10", "frames sent")
+        sent_at_stall = await page.evaluate(
+            """() => {
+                const ws = window.voicebridge.client.ws;
+                const full = { get: () => 96000, configurable: true };
+                Object.defineProperty(ws, 'bufferedAmount', full);
+                return window.voicebridge.stats.framesSent;
+            }"""
+        )
+        await _wait(
+            page,
+            "() => window.voicebridge.stats.framesDroppedStalled >= 25",
+            "frames dropped during the stall",
+        )
+        stats = await page.evaluate("() => ({...window.voicebridge.stats})")
+        assert stats["framesSent"] == sent_at_stall, stats
+        assert stats["framesDropped"] >= stats["framesDroppedStalled"], stats
+
+        await page.evaluate("() => { delete window.voicebridge.client.ws.bufferedAmount; }")
+        await _wait(
+            page,
+            "(n) => window.voicebridge.stats.framesSent > n + 10",
+            "frames sent again after the stall",
+            arg=sent_at_stall,
+        )
+        await page.click("#stop")
+        await _wait_status(page, "disconnected")
+
+
+async def test_status_history_and_transcript_are_capped(
+    server: ServerProcess, silence_wav: Path
+) -> None:
+    """A long session does not grow the page's history without limit: the last 500 stay."""
+    async with _page(silence_wav, server.url) as page:
+        await page.goto("/")
+        result = await page.evaluate(
+            """() => {
+                const c = window.voicebridge.client;
+                for (let i = 0; i < 700; i++) {
+                    c.onServerText(JSON.stringify({ type: 'status', status: `s${i}` }));
+                    c.addLine(i % 2 ? 'agent' : 'user', `line ${i}`);
+                }
+                const v = window.voicebridge;
+                return {
+                    statuses: v.statusHistory.length,
+                    lastStatus: v.statusHistory[v.statusHistory.length - 1],
+                    firstStatus: v.statusHistory[0],
+                    lines: v.transcript.length,
+                    lastLine: v.transcript[v.transcript.length - 1],
+                    same: v.statusHistory === c.statusHistory && v.transcript === c.transcript,
+                };
+            }"""
+        )
+        bubbles = await page.locator("#transcript .bubble").count()
+        last_bubble = await page.locator("#transcript .bubble").last.text_content()
+    assert bubbles == 500
+    assert "line 699" in (last_bubble or "")
+    assert result == {
+        "statuses": 500,
+        "lastStatus": "s699",
+        "firstStatus": "s200",
+        "lines": 500,
+        "lastLine": {"role": "agent", "text": "line 699"},
+        "same": True,
+    }

@@ -89,6 +89,8 @@ function showError(message, { kind = 'error', code = '' } = {}) {
 
 // -- transcript -------------------------------------------------------------------------
 
+const MAX_BUBBLES = 500; // like client.transcript, only the most recent lines are kept
+
 function addBubble(role, text, source) {
   ui.empty.hidden = true;
   const li = document.createElement('li');
@@ -102,6 +104,7 @@ function addBubble(role, text, source) {
   body.textContent = text;
   li.append(who, body);
   ui.transcript.append(li);
+  while (ui.transcript.children.length > MAX_BUBBLES) ui.transcript.firstElementChild.remove();
   li.scrollIntoView({ block: 'nearest', behavior: 'smooth' });
 }
 
@@ -236,8 +239,15 @@ async function loadConfig() {
   }
 }
 
-const params = new URLSearchParams(window.location.search);
-ui.token.value = params.get('token') || sessionStorage.getItem('voicebridge.token') || '';
+// A token handed out in the page's link (?token=...) fills the field, and is then taken
+// out of the address bar so it does not stay in the history or get copied along.
+const pageUrl = new URL(window.location.href);
+const linkToken = pageUrl.searchParams.get('token');
+if (pageUrl.searchParams.has('token')) {
+  pageUrl.searchParams.delete('token');
+  history.replaceState(history.state, '', pageUrl.href);
+}
+ui.token.value = linkToken || sessionStorage.getItem('voicebridge.token') || '';
 // Connection details are secondary on a phone, where the panel sits below the card.
 if (window.matchMedia('(max-width: 820px)').matches) ui.connection.open = false;
 showStatus('idle');

@@ -12,6 +12,12 @@ const BACKOFF_BASE_MS = 500;
 const BACKOFF_MAX_MS = 10000;
 const BACKOFF_AT_CAPACITY_MS = 5000;
 const MAX_RECONNECTS = 8;
+const MAX_HISTORY = 500; // statusHistory and transcript keep this many entries
+// Past about 1 s of audio waiting in the socket's send buffer (a network stall), new mic
+// frames are dropped: sending them later would only deliver stale speech.
+const MAX_BUFFERED_BYTES = 48000;
+// What a browser can offer as a WebSocket subprotocol (an RFC 7230 token).
+const SUBPROTOCOL_CHARS = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 
 export const CLOSE_REASONS = {
   1000: 'Session ended by the server',
@@ -22,6 +28,12 @@ export const CLOSE_REASONS = {
   1011: 'The voice service failed',
   1013: 'Server is at capacity',
 };
+
+/** Append to a list that keeps only its last MAX_HISTORY entries (in place). */
+function pushCapped(list, item) {
+  list.push(item);
+  if (list.length > MAX_HISTORY) list.splice(0, list.length - MAX_HISTORY);
+}
 
 /** "server restarting; please reconnect." -> "Server restarting; please reconnect" */
 function sentence(text) {
@@ -34,23 +46,27 @@ export class VoiceClient extends EventTarget {
     super();
     this.baseUrl = new URL('/', baseUrl);
     this.token = '';
+    this.tokenAccepted = false; // a socket offering this token has opened
     this.state = 'idle'; // idle | connecting | open | reconnecting | stopped | failed
     this.ws = null;
     this.generation = 0; // bumps whenever a socket is replaced; stale events are ignored
+    this.run = 0; // bumps at every start() and stop(); work begun for an older run gives up
     this.attempt = 0;
     this.reconnectTimer = null;
     this.pingTimer = null;
     this.lastServerFrameAt = 0;
     this.lastReportAt = 0;
-    this.responseStartSample = 0;
-    this.firstAudioSample = null; // sample index of the first agent audio since the last status
+    this.serverStatus = null; // the last status of the current socket
     this.agentSpeaking = false; // between status agent_speaking and the next clear/close
+    this.responsePending = false; // agent_speaking seen; the next audio starts a response
+    this.responseSeq = 0; // number of the current response (its audio is marked with it)
     this.sessionId = null;
     this.backend = null;
     this.stats = {
       framesSent: 0,
       bytesSent: 0,
-      framesDropped: 0,
+      framesDropped: 0, // mic frames not sent: socket not open, or send buffer too full
+      framesDroppedStalled: 0, // of those, dropped because the send buffer was too full
       agentAudioMsReceived: 0,
       agentAudioMsPlayed: 0,
       agentAudioMsQueued: 0,
@@ -61,11 +77,10 @@ export class VoiceClient extends EventTarget {
       captureRate: null,
       resamplerTaps: null,
     };
-    this.statusHistory = [];
-    this.transcript = [];
+    this.statusHistory = []; // the last MAX_HISTORY statuses
+    this.transcript = []; // the last MAX_HISTORY lines
     this.receivedSamples = 0;
     this.playedSamples = 0;
-    this.droppedSamples = 0;
 
     this.mic = new MicCapture(
       (pcm, rms, peak) => this.onMicFrame(pcm, rms, peak),
@@ -93,15 +108,29 @@ export class VoiceClient extends EventTarget {
     if (this.state === 'connecting' || this.state === 'open' || this.state === 'reconnecting') {
       return;
     }
+    const run = ++this.run;
     this.token = token;
+    this.tokenAccepted = false;
     this.attempt = 0;
+    if (token && !SUBPROTOCOL_CHARS.test(token)) {
+      this.setState('failed');
+      this.emit('error', {
+        message:
+          "The client token has characters a browser cannot send (allowed: letters, digits and !#$%&'*+-.^_`|~).",
+        code: 'token',
+      });
+      return;
+    }
+    this.resetPlayback();
     this.setState('connecting');
     try {
-      // Both contexts are created inside the click handler's task so autoplay rules allow
-      // them to start.
+      // The player's context is made inside the click handler's task, so autoplay rules
+      // allow it to start.
       await Promise.all([this.player.start(), this.mic.start()]);
     } catch (err) {
+      if (run !== this.run) return; // stopped meanwhile; stop() releases the audio
       await this.teardownAudio();
+      if (run !== this.run) return;
       this.setState('failed');
       const name = err && err.name;
       const message =
@@ -113,20 +142,21 @@ export class VoiceClient extends EventTarget {
       this.emit('error', { message, code: 'audio' });
       return;
     }
-    if (this.state !== 'connecting') {
-      // Stopped while the microphone prompt was open: stop() found nothing to tear down yet.
-      await this.teardownAudio();
-      return;
-    }
+    // Stopped (and maybe started again) while the microphone prompt was open: that run
+    // owns the audio and the socket now.
+    if (run !== this.run || this.state !== 'connecting') return;
     this.connect();
   }
 
   async stop() {
+    this.run++;
     this.cancelReconnect();
     this.closeSocket(1000, 'client stopped');
-    await this.teardownAudio();
-    this.agentSpeaking = false;
+    this.resetPlayback();
+    // Audio start and stop run in order, so a new start() may begin before this finishes.
+    const released = this.teardownAudio();
     this.setState('stopped');
+    await released;
   }
 
   async teardownAudio() {
@@ -134,22 +164,47 @@ export class VoiceClient extends EventTarget {
     this.emit('level', { rms: 0, peak: 0 });
   }
 
+  /** The socket is gone or replaced: nothing queued for the listener is still wanted. */
+  resetPlayback() {
+    this.player.clear();
+    this.agentSpeaking = false;
+    this.responsePending = false;
+  }
+
   wsUrl() {
     const url = new URL('/ws/voice', this.baseUrl);
     url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
-    if (this.token) url.searchParams.set('token', this.token);
     return url.href;
   }
 
+  /** The token travels as an offered subprotocol, never in the URL (which proxies log). */
+  wsProtocols() {
+    return this.token ? ['voicebridge', `token.${this.token}`] : ['voicebridge'];
+  }
+
   connect() {
+    if (this.ws) this.closeSocket(1000, 'replaced');
     const gen = ++this.generation;
     let opened = false;
-    const ws = new WebSocket(this.wsUrl());
+    let ws;
+    try {
+      ws = new WebSocket(this.wsUrl(), this.wsProtocols());
+    } catch (err) {
+      const run = this.run;
+      this.teardownAudio().then(() => {
+        if (run !== this.run) return;
+        this.setState('failed');
+        this.emit('error', { message: `Could not connect: ${err.message || err}`, code: 'socket' });
+      });
+      return;
+    }
     ws.binaryType = 'arraybuffer';
     this.ws = ws;
+    this.serverStatus = null;
     ws.onopen = () => {
       if (gen !== this.generation) return;
       opened = true;
+      if (this.token) this.tokenAccepted = true;
       this.lastServerFrameAt = performance.now();
       this.startKeepalive();
       this.setState('open');
@@ -192,18 +247,22 @@ export class VoiceClient extends EventTarget {
   }
 
   async onSocketClosed(ev, opened) {
-    this.player.clear();
-    this.agentSpeaking = false;
+    const run = this.run;
+    this.resetPlayback();
     const code = ev.code;
     const reason = sentence(ev.reason || CLOSE_REASONS[code] || `Connection closed (${code})`);
     if (!opened) {
       // A refused upgrade (401/403) looks exactly like an unreachable server to a page, so
       // ask the server over plain HTTP what it thinks of this request.
-      const verdict = await this.probeUpgrade();
-      if (this.state === 'stopped') return;
+      let verdict = await this.probeUpgrade();
+      if (run !== this.run || this.state === 'stopped') return;
+      // The probe cannot carry the token (a page cannot set that header), so its 401 says
+      // only that a token is needed; a token that has already opened a session is not it.
+      if (verdict === 'rejected' && this.tokenAccepted) verdict = 'unknown';
       const firstTry = this.state === 'connecting';
       if (verdict === 'rejected' || (verdict === 'unknown' && firstTry)) {
         await this.teardownAudio();
+        if (run !== this.run) return;
         this.setState('failed', { code, reason: 'Connection refused' });
         this.emit('error', {
           message: 'The server refused the connection: token rejected or origin not allowed.',
@@ -219,12 +278,14 @@ export class VoiceClient extends EventTarget {
     }
     if (code === 1008 || code === 1009) {
       await this.teardownAudio();
+      if (run !== this.run) return;
       this.setState('failed', { code, reason });
       this.emit('error', { message: `${reason} (code ${code}).`, code: `close_${code}` });
       return;
     }
     if (code === 1000) {
       await this.teardownAudio();
+      if (run !== this.run) return;
       this.setState('stopped', { code, reason });
       this.emit('notice', { message: `${reason}.` });
       return;
@@ -252,8 +313,10 @@ export class VoiceClient extends EventTarget {
   }
 
   scheduleReconnect({ code, reason }) {
+    const run = this.run;
     if (this.attempt >= MAX_RECONNECTS) {
       this.teardownAudio().then(() => {
+        if (run !== this.run) return;
         this.setState('failed', { code, reason });
         this.emit('error', {
           message: `${reason}. Gave up after ${MAX_RECONNECTS} attempts; press Start to retry.`,
@@ -271,7 +334,7 @@ export class VoiceClient extends EventTarget {
     this.cancelReconnect();
     this.reconnectTimer = setTimeout(() => {
       this.reconnectTimer = null;
-      if (this.state === 'reconnecting') this.connect();
+      if (run === this.run && this.state === 'reconnecting') this.connect();
     }, delay);
   }
 
@@ -287,7 +350,14 @@ export class VoiceClient extends EventTarget {
         // Half-open socket: nothing came back, not even pongs. Start over.
         const ws = this.ws;
         this.detachSocket();
-        if (ws) ws.close(4000, 'keepalive timeout');
+        if (ws) {
+          try {
+            ws.close(4000, 'keepalive timeout');
+          } catch {
+            ws.close();
+          }
+        }
+        this.resetPlayback();
         this.scheduleReconnect({ code: 1006, reason: 'Server stopped answering' });
         return;
       }
@@ -330,6 +400,12 @@ export class VoiceClient extends EventTarget {
       this.stats.framesDropped += 1; // never queue stale speech across a reconnect
       return;
     }
+    if (this.ws.bufferedAmount > MAX_BUFFERED_BYTES) {
+      // The network is not keeping up: what is queued is already late; do not add to it.
+      this.stats.framesDropped += 1;
+      this.stats.framesDroppedStalled += 1;
+      return;
+    }
     this.ws.send(pcm);
     this.stats.framesSent += 1;
     this.stats.bytesSent += pcm.byteLength;
@@ -340,26 +416,30 @@ export class VoiceClient extends EventTarget {
   onAgentAudio(buffer) {
     if (buffer.byteLength < 2) return;
     const samples = buffer.byteLength >> 1;
-    if (this.firstAudioSample === null) this.firstAudioSample = this.receivedSamples;
     this.receivedSamples += samples;
     this.stats.agentAudioMsReceived = (this.receivedSamples * 1000) / WIRE_RATE;
+    if (this.responsePending) {
+      // The first audio after status agent_speaking starts a new response.
+      this.responsePending = false;
+      this.responseSeq += 1;
+      this.player.beginResponse(this.responseSeq);
+    }
     this.player.enqueue(buffer.byteLength & 1 ? buffer.slice(0, samples * 2) : buffer);
   }
 
   onPlayerState(s) {
-    this.playedSamples = s.playedSamples;
-    this.droppedSamples += s.droppedSamples;
-    this.stats.agentAudioMsPlayed = (s.playedSamples * 1000) / WIRE_RATE;
+    this.playedSamples = s.totalPlayedSamples;
+    this.stats.agentAudioMsPlayed = (s.totalPlayedSamples * 1000) / WIRE_RATE;
     this.stats.agentAudioMsQueued = (s.queuedSamples * 1000) / WIRE_RATE;
     this.emit('playback', { ...s });
-    const now = performance.now();
     // Tell the server how much of the current response was actually heard, so a barge-in
     // truncates the agent's turn where the listener stopped hearing it.
-    if (!this.agentSpeaking || s.event === 'cleared') return;
+    if (!this.agentSpeaking || s.event === 'cleared' || s.event === 'stopped') return;
+    if (s.responseSeq !== this.responseSeq || s.responseSamples === 0) return;
+    const now = performance.now();
     if (s.event === 'progress' && now - this.lastReportAt < PLAYBACK_REPORT_MS) return;
     this.lastReportAt = now;
-    const consumed = s.playedSamples + this.droppedSamples - this.responseStartSample;
-    const played = Math.max(0, Math.min(consumed, this.receivedSamples - this.responseStartSample));
+    const played = Math.min(s.responsePlayedSamples, s.responseSamples);
     this.sendJson({ type: 'playback', played_ms: Math.round((played * 1000) / WIRE_RATE) });
   }
 
@@ -381,13 +461,13 @@ export class VoiceClient extends EventTarget {
         this.emit('session', { ...msg });
         break;
       case 'status':
-        if (msg.status === 'agent_speaking' && this.lastStatus() !== 'agent_speaking') {
-          // A new response: its audio starts with the first chunk since the last status.
+        if (msg.status === 'agent_speaking' && this.serverStatus !== 'agent_speaking') {
+          // A new response: its audio starts with the next binary frame.
           this.agentSpeaking = true;
-          this.responseStartSample = this.firstAudioSample ?? this.receivedSamples;
+          this.responsePending = true;
         }
-        this.firstAudioSample = null;
-        this.statusHistory.push(msg.status);
+        this.serverStatus = msg.status;
+        pushCapped(this.statusHistory, msg.status);
         this.emit('status', { ...msg });
         break;
       case 'user_transcript':
@@ -400,6 +480,7 @@ export class VoiceClient extends EventTarget {
       case 'clear_audio':
         this.player.clear();
         this.agentSpeaking = false;
+        this.responsePending = false;
         this.stats.clearAudioCount += 1;
         this.emit('clear', {});
         break;
@@ -421,7 +502,7 @@ export class VoiceClient extends EventTarget {
   addLine(role, text, source = role) {
     if (typeof text !== 'string' || !text.trim()) return;
     const line = { role, text: text.trim() };
-    this.transcript.push(line);
+    pushCapped(this.transcript, line);
     this.emit('transcript', { ...line, source });
   }
 }
