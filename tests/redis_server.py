@@ -6,6 +6,8 @@ directory, no persistence; stoppable, killable and restartable on the same port.
         ... server.url ...
         server.stop()      # Redis goes away
         server.start()     # and comes back, empty, on the same port
+        server.pause()     # Redis goes silent (SIGSTOP): connections stay open, no replies
+        server.resume()    # and answers again, data intact
     finally:
         server.stop()
 
@@ -58,6 +60,7 @@ class RedisServer:
         self._fixed_port = port is not None
         self._dir: tempfile.TemporaryDirectory[str] | None = None
         self._proc: subprocess.Popen[bytes] | None = None
+        self._paused = False
 
     @property
     def url(self) -> str:
@@ -128,8 +131,12 @@ class RedisServer:
         proc, self._proc = self._proc, None
         if proc is None:
             return
+        paused, self._paused = self._paused, False
         if proc.poll() is None:
             proc.send_signal(sig)
+            if paused:
+                # A stopped process acts on SIGTERM only once it runs again.
+                proc.send_signal(signal.SIGCONT)
             try:
                 proc.wait(STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
@@ -145,6 +152,26 @@ class RedisServer:
     def kill(self) -> None:
         """Kill the server abruptly (SIGKILL), as a crash would."""
         self._reap(signal.SIGKILL)
+
+    @property
+    def paused(self) -> bool:
+        """Whether the process is stopped by `pause()`."""
+        return self._paused and self.running
+
+    def pause(self) -> None:
+        """Stop the process (SIGSTOP) without closing anything: connections stay open and
+        the kernel still accepts new ones, but nothing is answered, as with a hung server
+        or a network that silently drops packets. Undo with `resume()`."""
+        if self._proc is None or not self.running:
+            raise RuntimeError("redis-server is not running")
+        self._proc.send_signal(signal.SIGSTOP)
+        self._paused = True
+
+    def resume(self) -> None:
+        """Let a paused process run again (SIGCONT); it answers what queued up meanwhile."""
+        if self._proc is not None and self._paused:
+            self._proc.send_signal(signal.SIGCONT)
+        self._paused = False
 
     def restart(self) -> RedisServer:
         """Stop and start again on the same port (with an empty dataset)."""

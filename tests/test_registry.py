@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import time
 import uuid
@@ -11,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mutabl
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 import structlog
 
 from tests.redis_server import RedisServer, free_port
@@ -29,6 +31,12 @@ from voicebridge.registry.redis_registry import RedisRegistry, mask_url
 TTL_S = 1.0
 HEARTBEAT_S = 0.2
 RETRY_S = 0.1
+# The socket timeout of the tests where Redis goes silent: every call must give up on it
+# after about this long.
+SILENT_TIMEOUT_S = 0.5
+# Slack for scheduling on a busy machine, still well under a second socket timeout (the
+# retry on timeout that these tests guard against doubled the wait).
+SLACK_S = 0.3
 
 MakeRedis = Callable[..., Awaitable[RedisRegistry]]
 
@@ -72,6 +80,77 @@ class EndRecorder:
 
     async def wait(self) -> None:
         await asyncio.wait_for(self.called.wait(), 5.0)
+
+
+class StallingProxy:
+    """A TCP proxy in front of Redis that can go silent on the connections that subscribed
+    to a channel: it stops forwarding in both directions and closes nothing, as a NAT or
+    firewall that forgot the connection would. Other and new connections keep working."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._links: list[_Link] = []
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    async def start(self) -> StallingProxy:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    def stall_subscribers(self) -> int:
+        """Go silent on every connection that subscribed so far; how many there were."""
+        stalled = [link for link in self._links if link.subscriber and not link.stalled]
+        for link in stalled:
+            link.stalled = True
+        return len(stalled)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for link in self._links:
+            link.close()
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        link = _Link(writer, up_writer)
+        self._links.append(link)
+        await asyncio.gather(
+            link.pipe(reader, up_writer, from_client=True),
+            link.pipe(up_reader, writer, from_client=False),
+            return_exceptions=True,
+        )
+
+
+class _Link:
+    def __init__(self, client: asyncio.StreamWriter, server: asyncio.StreamWriter) -> None:
+        self.client = client
+        self.server = server
+        self.subscriber = False
+        self.stalled = False
+
+    async def pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, from_client: bool
+    ) -> None:
+        try:
+            while data := await reader.read(65536):
+                if from_client and b"SUBSCRIBE" in data.upper():
+                    self.subscriber = True
+                if not self.stalled:  # a stalled link swallows everything
+                    writer.write(data)
+                    await writer.drain()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self.client.close()
+        self.server.close()
 
 
 # fixtures -------------------------------------------------------------------------------
@@ -129,6 +208,28 @@ async def make_redis(redis_server: RedisServer) -> AsyncIterator[MakeRedis]:
     yield make
     for registry in made:
         await registry.close()
+
+
+@pytest.fixture
+async def acl_user(redis_server: RedisServer) -> AsyncIterator[Callable[..., Awaitable[str]]]:
+    """Makes Redis users allowed everything but what the given ACL rules take away, and
+    returns a URL (password included) that logs in as one."""
+    admin = aioredis.from_url(redis_server.url)
+    made: list[str] = []
+
+    async def make(*rules: str) -> str:
+        name = f"vbtest-{uuid.uuid4().hex[:8]}"
+        password = f"pw-{uuid.uuid4().hex}"
+        await admin.execute_command(
+            "ACL", "SETUSER", name, "on", f">{password}", "~*", "&*", "+@all", *rules
+        )
+        made.append(name)
+        return f"redis://{name}:{password}@127.0.0.1:{redis_server.port}/0"
+
+    yield make
+    for name in made:
+        await admin.execute_command("ACL", "DELUSER", name)
+    await admin.aclose()
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -339,14 +440,20 @@ async def test_request_end_reaches_another_instance(make_redis: MakeRedis) -> No
     await eventually(lambda: _absent(a, "b1"), what="b1 gone")
 
 
-async def test_heartbeat_keeps_sessions_past_their_ttl(make_redis: MakeRedis) -> None:
-    """A live instance's sessions outlast several TTLs: the heartbeat renews them."""
+async def test_heartbeat_keeps_sessions_past_their_ttl(
+    make_redis: MakeRedis, captured_logs: list[MutableMapping[str, Any]]
+) -> None:
+    """A live instance's sessions outlast several TTLs: the heartbeat renews them. The
+    idle observer's subscription answers its pings all along."""
     a = await make_redis(instance_id="a")
-    observer = await make_redis(instance_id="observer")
+    observer = await make_redis(instance_id="observer", socket_timeout_s=SILENT_TIMEOUT_S)
     await a.register(record("a1", "a"), max_sessions=0)
     await asyncio.sleep(TTL_S * 2.5)
     assert await observer.get("a1") is not None
     assert await observer.count() == 1
+    assert a.healthy()
+    assert observer.healthy()
+    assert not await _logged(captured_logs, "registry.pubsub_stalled")
 
 
 CRASHING_INSTANCE = """
@@ -472,8 +579,183 @@ async def test_starts_without_redis_and_never_logs_the_password(
     assert "s3cret-pw" not in repr(registry)
 
 
+async def test_an_idle_instance_notices_a_silent_redis(make_redis: MakeRedis) -> None:
+    """An instance holding no sessions still probes Redis: when Redis stops answering
+    without closing anything it turns unhealthy, and healthy again once Redis answers."""
+    with RedisServer() as server:
+        a = await make_redis(server.url, instance_id="a", socket_timeout_s=SILENT_TIMEOUT_S)
+        assert a.healthy()
+        server.pause()
+        try:
+            await eventually(
+                _unhealthy(a),
+                within=HEARTBEAT_S + SILENT_TIMEOUT_S + 3.0,
+                what="an idle instance notices the silence",
+            )
+        finally:
+            server.resume()
+        await eventually(_healthy(a), what="a healthy again")
+        await a.close()
+
+
+async def test_calls_give_up_on_a_silent_redis(make_redis: MakeRedis) -> None:
+    """While Redis is silent but not yet known to be down, a call waits at most about
+    one socket timeout, then serves from the local copy (fail open)."""
+    with RedisServer() as server:
+        a = await make_redis(server.url, instance_id="a", socket_timeout_s=SILENT_TIMEOUT_S)
+        observer = await make_redis(server.url, instance_id="observer")
+        assert a.healthy()
+        server.pause()
+        try:
+            started = time.monotonic()
+            assert await a.register(record("a1", "a"), max_sessions=1)
+            assert time.monotonic() - started < SILENT_TIMEOUT_S + SLACK_S
+            await eventually(_unhealthy(a), what="a marks Redis down")
+            # Known to be down: answered from the local copy without waiting.
+            started = time.monotonic()
+            assert not await a.register(record("a2", "a"), max_sessions=1)
+            assert [r.session_id for r in await a.list()] == ["a1"]
+            assert await a.count() == 1
+            assert time.monotonic() - started < SLACK_S
+        finally:
+            server.resume()
+        await eventually(_healthy(a), what="a healthy again")
+        await eventually(lambda: _ids_are(observer, {"a1"}), what="a1 shared again")
+        await a.close()
+        await observer.close()
+
+
+async def test_close_does_not_wait_on_a_silent_redis(make_redis: MakeRedis) -> None:
+    """Shutting down while Redis is silent gives up on removing the sessions after about
+    one socket timeout (they expire with their TTL)."""
+    with RedisServer() as server:
+        # A slow heartbeat: Redis is still believed reachable when close() runs.
+        a = await make_redis(
+            server.url, instance_id="a", ttl_s=30.0, heartbeat_s=10.0,
+            socket_timeout_s=SILENT_TIMEOUT_S,
+        )  # fmt: skip
+        assert await a.register(record("a1", "a"), max_sessions=0)
+        server.pause()
+        try:
+            started = time.monotonic()
+            await a.close()
+            assert time.monotonic() - started < SILENT_TIMEOUT_S + SLACK_S
+        finally:
+            server.resume()
+
+
+async def test_close_stops_a_task_that_lost_its_cancellation(
+    make_redis: MakeRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On Python 3.11, asyncio.wait_for inside redis-py drops a cancellation that arrives
+    just as a command's send completes, and the heartbeat carries on; close() still
+    stops it rather than waiting forever."""
+    beating = asyncio.Event()
+    heartbeat = RedisRegistry._heartbeat
+
+    async def heartbeat_dropping_a_cancellation(self: RedisRegistry, redis: Any) -> None:
+        beating.set()
+        # Swallowed, as asyncio.wait_for does when the awaited send has just completed.
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.Event().wait()
+        await heartbeat(self, redis)
+
+    monkeypatch.setattr(RedisRegistry, "_heartbeat", heartbeat_dropping_a_cancellation)
+    a = await make_redis(instance_id="a")
+    await asyncio.wait_for(beating.wait(), 5.0)
+    await asyncio.wait_for(a.close(), 5.0)
+
+
+async def test_a_silently_dropped_subscription_is_replaced(
+    redis_server: RedisServer,
+    make_redis: MakeRedis,
+    captured_logs: list[MutableMapping[str, Any]],
+) -> None:
+    """When the pub/sub connection goes silent (Redis itself answering on others), the
+    subscriber notices its pings go unanswered and subscribes on a new connection, so end
+    requests reach the instance again."""
+    proxy = await StallingProxy(redis_server.port).start()
+    try:
+        a = await make_redis(proxy.url, instance_id="a", socket_timeout_s=SILENT_TIMEOUT_S)
+        b = await make_redis(instance_id="b")
+        handler = EndRecorder(a)
+        a.set_end_handler(handler)
+        assert await a.register(record("a1", "a"), max_sessions=0)
+        assert a.healthy()
+
+        assert proxy.stall_subscribers() == 1
+        await eventually(
+            lambda: _logged(captured_logs, "registry.pubsub_stalled"),
+            within=HEARTBEAT_S + SILENT_TIMEOUT_S + 3.0,
+            what="the stalled subscription noticed",
+        )
+        await eventually(_healthy(a), what="a subscribed again")
+        assert await b.request_end("a1")
+        await handler.wait()
+        assert handler.calls == [("a1", "ended by admin")]
+        # Only the subscription was lost: Redis was never considered down.
+        assert not await _logged(captured_logs, "registry.redis_unavailable")
+        await a.close()
+    finally:
+        await proxy.close()
+
+
+async def test_error_replies_are_not_outages(
+    acl_user: Callable[..., Awaitable[str]],
+    make_redis: MakeRedis,
+    captured_logs: list[MutableMapping[str, Any]],
+) -> None:
+    """Redis refusing a command (here: scripts denied by ACL) is logged as an error with
+    Redis's message, never the password; the registry neither reports Redis as down nor
+    turns unhealthy, and admits sessions against the local count (fail open)."""
+    url = await acl_user("-@scripting")
+    password = url.split(":")[2].split("@")[0]
+    a = await make_redis(url, instance_id="a")
+    assert a.healthy()
+    assert await a.register(record("a1", "a"), max_sessions=1)
+    assert not await a.register(record("a2", "a"), max_sessions=1)
+    assert await a.count() == 1
+    assert [r.session_id for r in await a.list()] == ["a1"]
+    await asyncio.sleep(0)
+    # Heartbeats meet the same refusal; Redis still answers, so a stays healthy.
+    await eventually(
+        lambda: _logged_for(captured_logs, "registry.redis_error", op="heartbeat"),
+        what="the heartbeat's refusal logged",
+    )
+    assert a.healthy()
+    assert not await _logged(captured_logs, "registry.redis_unavailable")
+    errors = [e for e in captured_logs if e["event"] == "registry.redis_error"]
+    assert {e["op"] for e in errors} >= {"register", "count", "heartbeat"}
+    # Redis's message, as redis-py words it (its NOPERM reply is a NoPermissionError).
+    assert all(e["log_level"] == "error" and "no permissions" in e["error"] for e in errors)
+    await a.close()
+    assert password not in repr(captured_logs)
+
+
+async def test_a_denied_subscription_is_not_an_outage(
+    acl_user: Callable[..., Awaitable[str]],
+    make_redis: MakeRedis,
+    captured_logs: list[MutableMapping[str, Any]],
+) -> None:
+    """A SUBSCRIBE refused by ACL leaves the instance unhealthy (end requests cannot reach
+    it) but still sharing its sessions through Redis."""
+    url = await acl_user("-subscribe")
+    a = await make_redis(url, instance_id="a", socket_timeout_s=SILENT_TIMEOUT_S)
+    observer = await make_redis(instance_id="observer")
+    assert not a.healthy()
+    assert await a.register(record("a1", "a"), max_sessions=1)
+    assert not await observer.register(record("o1", "observer"), max_sessions=1)
+    seen = await observer.get("a1")
+    assert seen is not None
+    assert seen.instance == "a"
+    assert await _logged_for(captured_logs, "registry.redis_error", op="subscribe")
+    assert not await _logged(captured_logs, "registry.redis_unavailable")
+    assert not a.healthy()
+
+
 def test_redis_server_helper_restarts_on_the_same_port() -> None:
-    """The test helper's server can be killed and started again on its port."""
+    """The test helper's server can be killed and started again on its port, and paused
+    (silent, connections open) and resumed."""
     with RedisServer() as server:
         port = server.port
         assert server.running
@@ -483,6 +765,14 @@ def test_redis_server_helper_restarts_on_the_same_port() -> None:
         assert server.running
         assert server.port == port
         assert server.url == f"redis://127.0.0.1:{port}/0"
+        server.pause()
+        assert server.paused
+        server.resume()
+        assert not server.paused
+        assert server.running
+        server.pause()
+    # Stopping a paused server does not hang.
+    assert not server.running
 
 
 # construction ---------------------------------------------------------------------------
@@ -539,6 +829,10 @@ def test_create_registry_without_redis_installed(monkeypatch: pytest.MonkeyPatch
 
 async def _logged(logs: list[MutableMapping[str, Any]], event: str) -> bool:
     return any(e["event"] == event for e in logs)
+
+
+async def _logged_for(logs: list[MutableMapping[str, Any]], event: str, **fields: object) -> bool:
+    return any(e["event"] == event and all(e.get(k) == v for k, v in fields.items()) for e in logs)
 
 
 async def _absent(registry: SessionRegistry, session_id: str) -> bool:

@@ -26,6 +26,19 @@ open), answers ``list``/``get`` from them and reports ``healthy() == False``. Th
 keeps probing; once Redis answers it rewrites every local session (re-creating keys lost
 with a restarted Redis) and the subscriber subscribes again.
 
+"Unreachable" includes a Redis that stops answering without closing anything (a hung
+server, a network silently dropping packets): every call gives up after
+``socket_timeout_s`` and marks Redis down, and the heartbeat pings Redis even when this
+instance holds no sessions, so an idle instance notices too. The subscriber pings its own
+connection whenever it has been quiet for ``heartbeat_s`` and, without an answer within
+``socket_timeout_s``, subscribes again on a new connection.
+
+An error reply (``ResponseError``: a command denied by ACL, ``OOM`` under ``maxmemory``, a
+read-only replica, a failing script) is not an outage: Redis answered. It is logged as
+``registry.redis_error`` with Redis's message, the call falls back to the local copy as
+above, and reachability and ``healthy()`` are left alone; a refused SUBSCRIBE leaves the
+instance unhealthy, since end requests cannot reach it.
+
 The keys of one script are derived from the prefix rather than all declared up front, so
 this layout suits a single Redis (or a primary with replicas), not Redis Cluster.
 """
@@ -36,6 +49,7 @@ import asyncio
 import builtins
 import contextlib
 import json
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -45,7 +59,8 @@ import structlog
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
 
 from voicebridge.registry.base import (
     EndDispatcher,
@@ -105,9 +120,18 @@ return redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')
 _TOUCH_BATCH = 200
 _MGET_BATCH = 500
 
-# Any of these means "Redis is not answering": connection refused or reset, timeouts,
-# DNS failures (OSError) and everything redis-py wraps them in.
+# Any of these means "Redis is not answering": connection refused or reset, timeouts
+# (socket timeouts and the per-call deadline's TimeoutError, an OSError), DNS failures
+# (OSError) and everything redis-py wraps them in. ResponseError is a RedisError too but
+# means the opposite, Redis answered with an error: every handler catches it first.
 _REDIS_DOWN = (RedisError, OSError)
+
+# The same error reply (same operation, same message) is logged at most this often.
+_ERROR_LOG_INTERVAL_S = 60.0
+
+
+class _SubscriptionStalled(Exception):
+    """The pub/sub connection did not answer a ping in time."""
 
 
 def mask_url(url: str) -> str:
@@ -175,6 +199,8 @@ class RedisRegistry:
     # outage seen by other calls and drops a pub/sub connection that may be half-open.
     _outages: int = attrs.field(default=0, init=False)
     _outage_logged: bool = attrs.field(default=False, init=False)
+    # (operation, message) -> (monotonic time last logged, repeats not logged since).
+    _errors_logged: dict[tuple[str, str], tuple[float, int]] = attrs.field(factory=dict, init=False)
     _register_script: Any = attrs.field(default=None, init=False)
     _touch_script: Any = attrs.field(default=None, init=False)
     _count_script: Any = attrs.field(default=None, init=False)
@@ -209,6 +235,13 @@ class RedisRegistry:
     def _ttl_ms(self) -> int:
         return max(1, round(self.ttl_s * 1000))
 
+    def _deadline(self) -> asyncio.Timeout:
+        # Bounds one registry call (or one step of the heartbeat) as a whole: redis-py's
+        # socket timeout applies per read and again on reconnect, so a silent Redis could
+        # otherwise hold a call for several timeouts. Expiry raises TimeoutError, handled
+        # like any other "Redis is not answering" error.
+        return asyncio.timeout(self.socket_timeout_s)
+
     # lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -225,10 +258,18 @@ class RedisRegistry:
                 decode_responses=True,
                 socket_connect_timeout=self.socket_connect_timeout_s,
                 socket_timeout=self.socket_timeout_s,
+                # Lets the OS notice a peer that vanished on connections left idle; the
+                # pings of the heartbeat and the subscriber catch it far sooner.
+                socket_keepalive=True,
                 # One immediate retry covers a pooled connection that went stale while
-                # Redis restarted; the default's exponential backoff would stall calls
-                # for seconds while Redis is down, and the heartbeat retries anyway.
-                retry=Retry(NoBackoff(), 1),
+                # Redis restarted (a connection error); the default's exponential backoff
+                # would stall calls for seconds while Redis is down, and the heartbeat
+                # retries anyway. No retry on timeouts: a Redis that did not answer in
+                # socket_timeout_s is treated as down rather than waited on again.
+                retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+                # No health_check_interval: on a pub/sub connection redis-py sends its
+                # health-check PING without ever waiting for the reply, so it cannot see
+                # a silent connection. The subscriber pings and checks for itself.
             )
         except ValueError:
             # from None: the original message may quote the URL, password included.
@@ -237,7 +278,11 @@ class RedisRegistry:
         self._touch_script = self._redis.register_script(_TOUCH_LUA)
         self._count_script = self._redis.register_script(_COUNT_LUA)
         try:
-            await self._redis.ping()
+            async with self._deadline():
+                await self._redis.ping()
+        except ResponseError as exc:  # denied PING, say: Redis answers all the same
+            self._redis_error("start", exc)
+            self._reachable = True
         except _REDIS_DOWN as exc:
             self._mark_down(exc)
         else:
@@ -267,8 +312,14 @@ class RedisRegistry:
         """Stop the heartbeat and subscriber, remove this instance's sessions from Redis
         (best effort) and disconnect."""
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
+        pending = set(tasks)
+        while pending:
+            # Cancelled again until they are done: on Python 3.11, asyncio.wait_for (which
+            # redis-py sends commands through) drops a cancellation that arrives just as
+            # the send completes, and the loop would carry on as if never cancelled.
+            for task in pending:
+                task.cancel()
+            _done, pending = await asyncio.wait(pending, timeout=self.retry_s)
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -281,14 +332,23 @@ class RedisRegistry:
         if redis is None:
             return
         try:
-            # While Redis is unreachable, shutting down must not wait on it: the entries
+            # While Redis is unreachable, shutting down must not wait on it, and a Redis
+            # that stops answering now holds it up for one deadline at most: the entries
             # expire within ttl_s anyway.
             if gone and reachable:
-                await self._delete(redis, gone)
+                async with self._deadline():
+                    await self._delete(redis, gone)
+        except ResponseError as exc:
+            self._redis_error("close", exc)
         except _REDIS_DOWN as exc:
-            log.warning("registry.close_cleanup_failed", error=_describe(exc), sessions=len(gone))
+            log.warning(
+                "registry.close_cleanup_failed", error=self._describe(exc), sessions=len(gone)
+            )
         finally:
-            await redis.aclose()
+            # Disconnecting only closes sockets, but bound it too: shutdown must not hang.
+            with contextlib.suppress(*_REDIS_DOWN):
+                async with self._deadline():
+                    await redis.aclose()
         log.info(
             "registry.closed", instance=self.instance_id, removed=len(gone) if reachable else 0
         )
@@ -306,17 +366,36 @@ class RedisRegistry:
     async def register(self, record: SessionRecord, *, max_sessions: int) -> bool:
         """Admit a session unless `max_sessions` (> 0) are live across all instances.
 
-        While Redis is unreachable, only this instance's sessions count against the cap.
+        While Redis is unreachable, or refuses the registration with an error reply, only
+        this instance's sessions count against the cap. Waits at most about
+        `socket_timeout_s` for Redis.
         """
         redis = self._live_client()
         if redis is not None:
             try:
-                admitted = await self._register_script(
-                    keys=[self._zkey, self._skey(record.session_id)],
-                    args=[record.session_id, _encode(record), self._ttl_ms, max_sessions],
-                    client=redis,
-                )
+                async with self._deadline():
+                    admitted = await self._register_script(
+                        keys=[self._zkey, self._skey(record.session_id)],
+                        args=[record.session_id, _encode(record), self._ttl_ms, max_sessions],
+                        client=redis,
+                    )
+            except ResponseError as exc:
+                # Redis answered but refused (ACL, OOM, read-only replica, script error).
+                # Fail open, as for an outage: such errors are usually a standing
+                # misconfiguration that would otherwise turn every session on every
+                # instance away, while Redis is there to share sessions, not to be needed
+                # for serving them. The cost is the same as during an outage: the cap is
+                # counted per instance until Redis accepts writes again. The session is
+                # kept locally and the heartbeat keeps trying to write it.
+                self._redis_error("register", exc)
             except _REDIS_DOWN as exc:
+                # A timeout may come after Redis ran the script (the reply was lost or
+                # late, or a paused Redis runs it once it resumes). Then the entry exists
+                # in Redis and counts against the cap, under this instance's name, until
+                # its TTL: admitted locally below, the heartbeat keeps it; refused
+                # locally, nothing rewrites it and it expires within ttl_s. Either way it
+                # is at most one slot for at most ttl_s, which is why a timeout falls back
+                # to the local count instead of retrying the script.
                 self._mark_down(exc)
             else:
                 if admitted:
@@ -343,10 +422,15 @@ class RedisRegistry:
         if redis is None:
             return
         try:
-            await self._touch(redis, [record])
+            async with self._deadline():
+                await self._touch(redis, [record])
+                if session_id not in self._local:
+                    # Unregistered while the write was in flight: do not leave it behind.
+                    await self._delete(redis, [session_id])
+        except ResponseError as exc:
+            self._redis_error("update", exc)
             if session_id not in self._local:
-                # Unregistered while the write was in flight: do not leave it behind.
-                await self._delete(redis, [session_id])
+                self._orphans.add(session_id)
         except _REDIS_DOWN as exc:
             self._mark_down(exc)
             if session_id not in self._local:
@@ -361,7 +445,11 @@ class RedisRegistry:
                 self._orphans.add(session_id)
             return
         try:
-            await self._delete(redis, [session_id])
+            async with self._deadline():
+                await self._delete(redis, [session_id])
+        except ResponseError as exc:
+            self._redis_error("unregister", exc)
+            self._orphans.add(session_id)
         except _REDIS_DOWN as exc:
             self._mark_down(exc)
             self._orphans.add(session_id)
@@ -373,14 +461,17 @@ class RedisRegistry:
         redis = self._live_client()
         if redis is not None:
             try:
-                ids = await redis.zrange(self._zkey, 0, -1)
-                for start in range(0, len(ids), _MGET_BATCH):
-                    chunk = ids[start : start + _MGET_BATCH]
-                    raws = await redis.mget([self._skey(str(i)) for i in chunk])
-                    for raw in raws:
-                        record = _decode(raw)
-                        if record is not None:
-                            found[record.session_id] = record
+                async with self._deadline():
+                    ids = await redis.zrange(self._zkey, 0, -1)
+                    for start in range(0, len(ids), _MGET_BATCH):
+                        chunk = ids[start : start + _MGET_BATCH]
+                        raws = await redis.mget([self._skey(str(i)) for i in chunk])
+                        for raw in raws:
+                            record = _decode(raw)
+                            if record is not None:
+                                found[record.session_id] = record
+            except ResponseError as exc:
+                self._redis_error("list", exc)
             except _REDIS_DOWN as exc:
                 self._mark_down(exc)
         # The local copy of this instance's sessions is the freshest, and covers sessions
@@ -395,7 +486,11 @@ class RedisRegistry:
         if local is not None or redis is None:
             return local
         try:
-            return _decode(await redis.get(self._skey(session_id)))
+            async with self._deadline():
+                return _decode(await redis.get(self._skey(session_id)))
+        except ResponseError as exc:
+            self._redis_error("get", exc)
+            return None
         except _REDIS_DOWN as exc:
             self._mark_down(exc)
             return None
@@ -405,7 +500,10 @@ class RedisRegistry:
         redis = self._live_client()
         if redis is not None:
             try:
-                return int(await self._count_script(keys=[self._zkey], args=[], client=redis))
+                async with self._deadline():
+                    return int(await self._count_script(keys=[self._zkey], args=[], client=redis))
+            except ResponseError as exc:
+                self._redis_error("count", exc)
             except _REDIS_DOWN as exc:
                 self._mark_down(exc)
         return len(self._local)
@@ -425,11 +523,15 @@ class RedisRegistry:
         if redis is None:
             return False
         try:
-            record = _decode(await redis.get(self._skey(session_id)))
-            if record is None or record.instance == self.instance_id:
-                return False
-            message = json.dumps({"session_id": session_id, "reason": reason})
-            receivers = int(await redis.publish(self._channel(record.instance), message))
+            async with self._deadline():
+                record = _decode(await redis.get(self._skey(session_id)))
+                if record is None or record.instance == self.instance_id:
+                    return False
+                message = json.dumps({"session_id": session_id, "reason": reason})
+                receivers = int(await redis.publish(self._channel(record.instance), message))
+        except ResponseError as exc:
+            self._redis_error("request_end", exc)
+            return False
         except _REDIS_DOWN as exc:
             self._mark_down(exc)
             return False
@@ -453,7 +555,10 @@ class RedisRegistry:
             args: builtins.list[str | int] = [self._ttl_ms]
             for record in chunk:
                 args += [record.session_id, _encode(record)]
-            await self._touch_script(keys=keys, args=args, client=redis)
+            # A deadline per batch: a heartbeat of many batches is not cut short, and
+            # none of them waits on a silent Redis for longer than one deadline.
+            async with self._deadline():
+                await self._touch_script(keys=keys, args=args, client=redis)
 
     async def _delete(self, redis: Redis, session_ids: Iterable[str]) -> None:
         ids = builtins.list(session_ids)
@@ -468,7 +573,7 @@ class RedisRegistry:
                 "registry.redis_unavailable",
                 url=mask_url(self.url),
                 instance=self.instance_id,
-                error=_describe(exc),
+                error=self._describe(exc),
                 local_sessions=len(self._local),
             )
             self._outage_logged = True
@@ -485,19 +590,67 @@ class RedisRegistry:
                 # A bug here must not stop the heartbeat: every session would expire.
                 log.exception("registry.heartbeat_failed", instance=self.instance_id)
 
+    def _redis_error(self, op: str, exc: ResponseError) -> None:
+        """Log an error reply from Redis; unlike `_mark_down` it changes no state: Redis
+        answered, so it is reachable, and the next call tries it again."""
+        message = self._scrub(str(exc))
+        key = (op, message)
+        now = time.monotonic()
+        last_logged, repeats = self._errors_logged.get(key, (None, 0))
+        if last_logged is not None and now - last_logged < _ERROR_LOG_INTERVAL_S:
+            self._errors_logged[key] = (last_logged, repeats + 1)
+            return
+        if len(self._errors_logged) > 100:  # messages that vary: keep this bounded
+            self._errors_logged.clear()
+        self._errors_logged[key] = (now, 0)
+        log.error(
+            "registry.redis_error",
+            op=op,
+            error=f"{type(exc).__name__}: {message}",
+            url=mask_url(self.url),
+            instance=self.instance_id,
+            repeats_not_logged=repeats,
+        )
+
+    def _describe(self, exc: BaseException) -> str:
+        if isinstance(exc, TimeoutError) and not str(exc):
+            # The per-call deadline's TimeoutError carries no message.
+            return f"TimeoutError: no reply within {self.socket_timeout_s} s"
+        return self._scrub(_describe(exc))
+
+    def _scrub(self, text: str) -> str:
+        # Redis's own messages do not quote passwords, but nothing that reaches a log
+        # line may carry the one in the URL.
+        with contextlib.suppress(ValueError):
+            parts = urlsplit(self.url)
+            secrets = [parts.password or ""]
+            secrets += [v for k, v in parse_qsl(parts.query) if k == "password"]
+            for secret in secrets:
+                if secret:
+                    text = text.replace(secret, "***")
+        return text
+
     async def _heartbeat(self, redis: Redis) -> None:
         snapshot = builtins.list(self._local.values())
         try:
-            if not self._reachable:
-                await redis.ping()
+            if not self._reachable or not snapshot:
+                # With sessions, rewriting them is the probe; without, only a ping would
+                # notice a Redis that went silent (nothing else would reach it).
+                async with self._deadline():
+                    await redis.ping()
             await self._touch(redis, snapshot)
             # Sessions unregistered while the rewrite ran, and those removed during an
             # outage, must not outlive their sessions.
             stale = {r.session_id for r in snapshot if r.session_id not in self._local}
             stale |= self._orphans
             if stale:
-                await self._delete(redis, stale)
+                async with self._deadline():
+                    await self._delete(redis, stale)
                 self._orphans -= stale
+        except ResponseError as exc:
+            # Redis answers (so it counts as reachable below) but refuses these writes;
+            # they are retried on the next beat.
+            self._redis_error("heartbeat", exc)
         except _REDIS_DOWN as exc:
             self._mark_down(exc)
             return
@@ -514,16 +667,27 @@ class RedisRegistry:
         channel = self._channel(self.instance_id)
         while True:
             outages = self._outages
-            pubsub = redis.pubsub(ignore_subscribe_messages=True)
+            delay = self.retry_s
+            pubsub = redis.pubsub()
             try:
-                await pubsub.subscribe(channel)
-                self._subscribed.set()
-                # Leave when another call saw Redis go away: this connection may be
-                # half-open and would never deliver again.
-                while self._outages == outages:
-                    message = await pubsub.get_message(timeout=self.retry_s)
-                    if message is not None and message.get("type") == "message":
-                        self._on_end_message(message.get("data"))
+                async with self._deadline():
+                    await pubsub.subscribe(channel)
+                await self._listen(pubsub, outages)
+            except ResponseError as exc:
+                # SUBSCRIBE denied by ACL, say. Redis answers, so this is no outage, but
+                # end requests cannot reach this instance: unhealthy until it subscribes.
+                # Retried at the heartbeat's pace, which also spares the log.
+                self._redis_error("subscribe", exc)
+                delay = self.heartbeat_s
+            except _SubscriptionStalled:
+                # The connection went silent (a NAT or firewall dropped it, or Redis
+                # hung). Subscribe again on a new one; if Redis itself is silent, the
+                # heartbeat marks it down, and repeating that here is noise.
+                (log.warning if self._reachable else log.debug)(
+                    "registry.pubsub_stalled",
+                    instance=self.instance_id,
+                    waited_s=self.socket_timeout_s,
+                )
             except _REDIS_DOWN as exc:
                 self._mark_down(exc)
             except Exception:
@@ -532,9 +696,45 @@ class RedisRegistry:
             finally:
                 self._subscribed.clear()
                 with contextlib.suppress(*_REDIS_DOWN):
-                    # redis-py leaves PubSub.aclose unannotated.
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
-            await asyncio.sleep(self.retry_s)
+                    async with self._deadline():
+                        # redis-py leaves PubSub.aclose unannotated.
+                        await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await asyncio.sleep(delay)
+
+    async def _listen(self, pubsub: Any, outages: int) -> None:
+        """Deliver end requests until Redis is seen going away or the connection stalls.
+
+        Subscribed (and so healthy) only once Redis confirms the subscription. Whenever
+        the connection has been quiet for `heartbeat_s` it is pinged; a reply (or any
+        other message) must arrive within `socket_timeout_s`, else `_SubscriptionStalled`.
+        """
+        loop = asyncio.get_running_loop()
+        heard = loop.time()
+        pinged: float | None = None
+        # Leave when another call saw Redis go away: this connection may be half-open
+        # and would never deliver again.
+        while self._outages == outages:
+            now = loop.time()
+            if pinged is None and now - heard >= self.heartbeat_s:
+                async with self._deadline():
+                    await pubsub.ping()
+                pinged = now
+            if pinged is not None:
+                left = pinged + self.socket_timeout_s - now
+                if left <= 0:
+                    raise _SubscriptionStalled
+                wait = min(self.retry_s, left)
+            else:
+                wait = min(self.retry_s, heard + self.heartbeat_s - now)
+            message = await pubsub.get_message(timeout=max(wait, 0.0))
+            if message is None:
+                continue
+            heard, pinged = loop.time(), None
+            kind = message.get("type")
+            if kind == "subscribe":
+                self._subscribed.set()
+            elif kind == "message":
+                self._on_end_message(message.get("data"))
 
     def _on_end_message(self, data: object) -> None:
         payload: Any = None
