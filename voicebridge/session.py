@@ -285,7 +285,7 @@ class Session:
         message: str | None = None,
     ) -> None:
         """Ask the session to end from outside (admin, shutdown); returns at once."""
-        self._set_end(EndReason(reason, close_code, code, message))
+        self._stop(reason, close_code, code, message)
         self._end_requested.set()
 
     async def drain(self, grace_s: float) -> None:
@@ -333,6 +333,7 @@ class Session:
         code: str | None = None,
         message: str | None = None,
     ) -> Disconnect:
+        """Record why the session ends (the first reason wins); raise what it returns."""
         self._set_end(EndReason(reason, close_code, code, message))
         return Disconnect(reason)
 
