@@ -253,3 +253,47 @@ async def test_redis_outage_keeps_serving_and_reregisters(
             await asyncio.sleep(0.05)
     await second.ws.send_json({"type": "ping"})
     await second.until_type("pong")
+
+
+async def test_client_dropping_while_backed_up_is_a_plain_disconnect(
+    start_emu: StartEmulator, make_client: MakeClient
+) -> None:
+    """A client whose connection dies with agent audio pending ends cleanly, not as a failure."""
+    emu = await start_emu(mirror=True)
+    client = await make_client(relay_settings(emu, MAX_AUDIO_RATE="100000"))
+    state = client.app[STATE]
+    stuck = await StuckClient.connect(str(client.host), int(client.port))
+    async with asyncio.timeout(10):
+        while not state.sessions:
+            await asyncio.sleep(0.01)
+    session = next(iter(state.sessions.values()))
+    async with asyncio.timeout(10):
+        while session.stats.state != "ready":
+            await asyncio.sleep(0.01)
+    frame = b"\x02\x00" * 12000
+    for _ in range(60):
+        await stuck.send_binary(frame)
+    stuck.close()
+    await asyncio.wait_for(session.done.wait(), 15)
+    assert session.end is not None
+    assert session.end.reason != "internal_error", session.end
+    assert state.metrics.sessions.labels(reason="internal_error")._value.get() == 0
+
+
+async def test_drain_returns_as_soon_as_its_session_ends(
+    start_emu: StartEmulator, make_client: MakeClient
+) -> None:
+    """Shutdown does not wait out the grace for a session that has already gone."""
+    emu = await start_emu(realtime=True)
+    client = await make_client(relay_settings(emu))
+    state = client.app[STATE]
+    voice = await started(client)
+    await voice.ws.send_json({"type": "text", "text": "Tell me a long story please."})
+    await voice.until(lambda e: e[0] == "audio")
+    session = next(iter(state.sessions.values()))
+    assert session.response_active
+    drain = asyncio.create_task(session.drain(60.0))
+    await voice.until_type("status", status="shutting_down")
+    await voice.ws.close()
+    await asyncio.wait_for(drain, 10)  # far less than the 60 s grace
+    assert session.done.is_set()

@@ -150,10 +150,14 @@ async def _registry_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _background_ctx(app: web.Application) -> AsyncIterator[None]:
     """Tasks that outlive their session (closing an abandoned upstream attempt)."""
     yield
-    tasks = app[STATE].background
-    for task in list(tasks):
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    tasks = list(app[STATE].background)
+    if tasks:
+        # Let abandoned connects finish and close what they opened; cancelling one
+        # mid-handshake would leak the SDK's HTTP session.
+        _, pending = await asyncio.wait(tasks, timeout=5.0)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
 
 
 async def _drain_sessions(app: web.Application) -> None:

@@ -133,6 +133,7 @@ class ResponseTrack:
     audio_queued: int = 0  # bytes accepted from upstream for the client
     audio_written: int = 0  # bytes actually written to the client socket
     muted: bool = False  # barge-in: drop the rest of its audio
+    speech_stopped_at: float | None = None  # the end of the turn it answers (monotonic)
     reported_ms: int | None = None  # the client's own playback report ...
     reported_at: float = 0.0  # ... and when it arrived
 
@@ -297,9 +298,17 @@ class Session:
         if self.done.is_set():
             return
         self._send_text(protocol.status("shutting_down", grace_s=grace_s))
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(grace_s):
-                await self._no_response.wait()
+        waits = [
+            asyncio.ensure_future(self._no_response.wait()),
+            asyncio.ensure_future(self.done.wait()),
+        ]
+        try:
+            await asyncio.wait(waits, timeout=grace_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waits:
+                waiter.cancel()
+        if self.done.is_set():
+            return
         self.request_end(
             "shutdown",
             close_code=errors.CLOSE_GOING_AWAY,
@@ -358,7 +367,11 @@ class Session:
             endpoint=up.endpoint,
             model=up.model,
             api_version=up.api_version,
-            connection_options={"max_msg_size": 16 * 1024 * 1024, "heartbeat": 20.0},
+            connection_options={
+                "max_msg_size": 16 * 1024 * 1024,
+                "heartbeat": 20.0,
+                "close_timeout": _CLOSE_TIMEOUT_S,
+            },
         )
         started = time.monotonic()
         timeout = self.settings.upstream_connect_timeout_s
@@ -389,7 +402,7 @@ class Session:
         config = build_session_config(self.settings, instructions)
         try:
             await self._conn.send({"type": "session.update", "session": config})
-        except VoiceLiveConnectionError as exc:
+        except (VoiceLiveConnectionError, ConnectionError, aiohttp.ClientError) as exc:
             self._upstream_failed(f"could not configure Voice Live: {_describe(exc)}")
             return
         elapsed = time.monotonic() - started
@@ -474,7 +487,7 @@ class Session:
             if isinstance(item, str):
                 await self.ws.send_str(item)
             else:
-                await self._write_audio(*item)
+                await self._write_audio_locked(*item)
 
     def _abort_client(self) -> None:
         transport = self.request.transport
@@ -584,7 +597,7 @@ class Session:
         assert self._conn is not None
         try:
             await self._conn.send(event)
-        except VoiceLiveConnectionError as exc:
+        except (VoiceLiveConnectionError, ConnectionError, aiohttp.ClientError) as exc:
             raise self._upstream_closed(exc) from None
 
     def _upstream_closed(self, exc: BaseException | None) -> Disconnect:
@@ -717,6 +730,8 @@ class Session:
     async def _on_response_created(self, event: dict[str, Any]) -> None:
         response = event.get("response") or {}
         track = ResponseTrack(response_id=str(response.get("id") or uuid.uuid4().hex))
+        # The turn this response answers: latency runs from its speech_stopped.
+        track.speech_stopped_at, self._speech_stopped_at = self._speech_stopped_at, None
         self._remember(track)
         self._current = track
         self._no_response.clear()
@@ -728,7 +743,7 @@ class Session:
 
     async def _on_output_item(self, event: dict[str, Any]) -> None:
         item = event.get("item") or {}
-        track = self._tracks.get(str(event.get("response_id") or "")) or self._current
+        track = self._track_for(event.get("response_id"))
         if track is not None and track.item_id is None:
             track.item_id = item.get("id")
 
@@ -748,9 +763,10 @@ class Session:
             track.item_id = event.get("item_id")
         if track.audio_queued == 0:
             self._set_state("agent_speaking")
-            if self._speech_stopped_at is not None:
-                latency = time.monotonic() - self._speech_stopped_at
-                self._speech_stopped_at = None
+            stopped_at = track.speech_stopped_at or self._speech_stopped_at
+            if stopped_at is not None:
+                latency = time.monotonic() - stopped_at
+                self._speech_stopped_at = track.speech_stopped_at = None
                 self.stats.latencies_ms.append(round(latency * 1000, 1))
                 self.prom.latency.observe(latency)
         track.audio_queued += len(pcm)
@@ -764,13 +780,20 @@ class Session:
         self.stats.agent_transcripts += 1
         self._send_text(protocol.transcript("agent_text", event.get("text") or ""))
 
+    def _track_for(self, response_id: Any) -> ResponseTrack | None:
+        """The track an event names; the current one only when it names none."""
+        if response_id:
+            return self._tracks.get(str(response_id))
+        return self._current
+
     async def _on_response_done(self, event: dict[str, Any]) -> None:
         response = event.get("response") or {}
-        track = self._tracks.get(str(response.get("id") or "")) or self._current
+        track = self._track_for(response.get("id"))
         if track is not None:
             track.active = False
-        if self._current is None or not self._current.active:
-            self._no_response.set()
+        if track is not self._current:
+            return  # an older response ending changes nothing the client sees now
+        self._no_response.set()
         if self.stats.state != "listening":
             self._set_state("ready")
 
@@ -833,25 +856,30 @@ class Session:
         self._out_ready.set()
 
     async def _write_audio(self, track: ResponseTrack, pcm: bytes) -> None:
+        async with self._write_lock:
+            await self._write_audio_locked(track, pcm)
+
+    async def _write_audio_locked(self, track: ResponseTrack, pcm: bytes) -> None:
         timeout = self.settings.client_send_timeout_s
         transport = self.request.transport
-        async with self._write_lock:
-            try:
-                if transport is not None and transport.get_write_buffer_size() < _FAST_WRITE:
-                    # The socket is keeping up, so this write cannot block: skip the timer,
-                    # which would otherwise cost more than the write itself.
+        try:
+            if transport is not None and transport.get_write_buffer_size() + len(pcm) < _FAST_WRITE:
+                # Far below the socket's high-water mark this write cannot block: skip the
+                # timer, which would otherwise cost more than the write itself.
+                await self.ws.send_bytes(pcm)
+            else:
+                async with asyncio.timeout(timeout):
                     await self.ws.send_bytes(pcm)
-                else:
-                    async with asyncio.timeout(timeout):
-                        await self.ws.send_bytes(pcm)
-            except TimeoutError:
-                self.prom.send_overflows.inc()
-                raise self._stop(
-                    "slow_consumer",
-                    errors.CLOSE_POLICY,
-                    errors.ERR_SLOW_CONSUMER,
-                    f"the client read none of its audio for {timeout:g} s",
-                ) from None
+        except TimeoutError:
+            self.prom.send_overflows.inc()
+            raise self._stop(
+                "slow_consumer",
+                errors.CLOSE_POLICY,
+                errors.ERR_SLOW_CONSUMER,
+                f"the client read none of its audio for {timeout:g} s",
+            ) from None
+        except (ConnectionError, aiohttp.ClientError, RuntimeError) as exc:
+            raise self._stop("client_gone") from exc
         self.stats.audio_out_bytes += len(pcm)
         self.stats.audio_out_frames += 1
         if track.first_audio_at is None:
@@ -884,22 +912,27 @@ class Session:
         ws = self.ws
         out = self._out
         ready = self._out_ready
+        lock = self._write_lock
         try:
             while True:
                 if not out:
                     ready.clear()
                     await ready.wait()
                     continue
-                item = out.popleft()
-                if isinstance(item, str):
-                    async with self._write_lock:
+                # Pop under the lock, so an item is never held outside the queue while
+                # waiting: a graceful end flushes whatever the queue still holds.
+                async with lock:
+                    if not out:
+                        continue
+                    item = out.popleft()
+                    if isinstance(item, str):
                         await ws.send_str(item)
-                    continue
-                track, pcm = item
-                self._out_audio_bytes -= len(pcm)
-                await self._write_audio(track, pcm)
+                        continue
+                    track, pcm = item
+                    self._out_audio_bytes -= len(pcm)
+                    await self._write_audio_locked(track, pcm)
                 self._out_space.set()
-        except (ConnectionError, RuntimeError) as exc:
+        except (ConnectionError, aiohttp.ClientError, RuntimeError) as exc:
             raise self._stop("client_gone") from exc
 
     # -- timers ------------------------------------------------------------------------
@@ -990,7 +1023,7 @@ class TokenBucket:
 _APPEND_HEAD = '{"type":"input_audio_buffer.append","audio":"'
 _APPEND_TAIL = '"}'
 _CLOSE_TIMEOUT_S = 2.0
-_FAST_WRITE = 16 * 1024  # bytes buffered below which a write goes out without waiting
+_FAST_WRITE = 32 * 1024  # buffered + new bytes below which a write cannot wait on drain
 _TRACKS_KEPT = 8
 _MAX_PENDING_FRAMES = 2000
 _GRACEFUL_CODES = frozenset(
