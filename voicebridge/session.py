@@ -842,18 +842,22 @@ class Session:
                 async with asyncio.timeout(timeout):
                     await self._out_space.wait()
             except TimeoutError:
-                self.prom.send_overflows.inc()
-                raise self._stop(
-                    "slow_consumer",
-                    errors.CLOSE_POLICY,
-                    errors.ERR_SLOW_CONSUMER,
-                    f"the client read none of its audio for {timeout:g} s",
-                ) from None
+                raise self._slow_consumer() from None
             if track.muted:
                 return
         self._out_audio_bytes += len(pcm)
         self._out.append((track, pcm))
         self._out_ready.set()
+
+    def _slow_consumer(self) -> Disconnect:
+        self.prom.send_overflows.inc()
+        timeout = self.settings.client_send_timeout_s
+        return self._stop(
+            "slow_consumer",
+            errors.CLOSE_POLICY,
+            errors.ERR_SLOW_CONSUMER,
+            f"the client read none of its audio for {timeout:g} s",
+        )
 
     async def _write_audio(self, track: ResponseTrack, pcm: bytes) -> None:
         async with self._write_lock:
@@ -871,13 +875,7 @@ class Session:
                 async with asyncio.timeout(timeout):
                     await self.ws.send_bytes(pcm)
         except TimeoutError:
-            self.prom.send_overflows.inc()
-            raise self._stop(
-                "slow_consumer",
-                errors.CLOSE_POLICY,
-                errors.ERR_SLOW_CONSUMER,
-                f"the client read none of its audio for {timeout:g} s",
-            ) from None
+            raise self._slow_consumer() from None
         except (ConnectionError, aiohttp.ClientError, RuntimeError) as exc:
             raise self._stop("client_gone") from exc
         self.stats.audio_out_bytes += len(pcm)
