@@ -174,3 +174,24 @@ async def test_capacity_limit_closes_with_1013(aiohttp_client: Any) -> None:
     assert await second.until_closed() == 1013
     assert len(client.app[STATE].sessions) == 1
     await first.ws.close()
+
+
+def test_start_up_warns_about_open_access() -> None:
+    """Listening publicly without CLIENT_TOKEN or ADMIN_TOKEN is called out in the log."""
+    from structlog.testing import capture_logs
+
+    from voicebridge.app import _warn_about_open_access
+
+    azure = {
+        "AZURE_OPENAI_ENDPOINT": "https://res.example.com",
+        "AZURE_OPENAI_KEY": "k",
+        "AZURE_OPENAI_DEPLOYMENT": "d",
+    }
+    with capture_logs() as logs:
+        _warn_about_open_access(make_settings(APP_HOST="0.0.0.0", **azure))
+    assert {e["event"] for e in logs} == {"app.open_sessions", "app.admin_loopback_only"}
+    with capture_logs() as logs:
+        _warn_about_open_access(
+            make_settings(APP_HOST="0.0.0.0", CLIENT_TOKEN="t", ADMIN_TOKEN="a", **azure)
+        )
+    assert logs == []

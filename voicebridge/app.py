@@ -418,8 +418,26 @@ async def delete_session(request: web.Request) -> web.Response:
 # -- running ----------------------------------------------------------------------------
 
 
+def _warn_about_open_access(settings: Settings) -> None:
+    """Say at start-up what a security reviewer would ask about first."""
+    public = settings.app_host not in {"127.0.0.1", "localhost", "::1"}
+    if public and not settings.client_token and not settings.uses_emulator:
+        log.warning(
+            "app.open_sessions",
+            note="CLIENT_TOKEN is not set: anyone who can reach /ws/voice can start "
+            "sessions billed to the Azure resource",
+        )
+    if public and not settings.admin_token:
+        log.warning(
+            "app.admin_loopback_only",
+            note="ADMIN_TOKEN is not set: /sessions answers loopback clients only; behind a "
+            "reverse proxy on the same host every request looks like loopback, so set it",
+        )
+
+
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM/SIGINT, then drain: 503 on /health, sessions finish, exit."""
+    _warn_about_open_access(settings)
     app = create_app(settings)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
