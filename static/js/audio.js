@@ -11,11 +11,31 @@ export const FRAME_BYTES = FRAME_SAMPLES * 2;
 
 const workletUrl = (name) => new URL(`../audio/${name}`, import.meta.url).href;
 
-/** Runs start/stop operations strictly in order. */
+/**
+ * Runs start/stop operations strictly in order. Subclasses provide build(ticket), which
+ * gives up when `ticket` is no longer current, and teardown().
+ */
 class SerialGraph {
   constructor() {
     this.tail = null; // the last queued operation (never rejects)
     this.ticket = 0; // bumped by every start() and stop(); an older start() gives up
+    this.ctx = null;
+  }
+
+  get active() {
+    return this.ctx !== null;
+  }
+
+  /** Resolves once the graph runs, or at once if a later stop()/start() superseded it. */
+  start() {
+    const ticket = ++this.ticket;
+    return this.serial(() => this.build(ticket));
+  }
+
+  /** Resolves once the graph and its context are released. */
+  stop() {
+    this.ticket++;
+    return this.serial(() => this.teardown());
   }
 
   /**
@@ -51,22 +71,6 @@ export class MicCapture extends SerialGraph {
     this.node = null;
     this.sink = null;
     this.info = null;
-  }
-
-  get active() {
-    return this.ctx !== null;
-  }
-
-  /** Resolves once the graph runs, or at once if a later stop()/start() superseded it. */
-  start() {
-    const ticket = ++this.ticket;
-    return this.serial(() => this.build(ticket));
-  }
-
-  /** Resolves once the microphone and the context are released. */
-  stop() {
-    this.ticket++;
-    return this.serial(() => this.teardown());
   }
 
   async build(ticket) {
@@ -172,20 +176,6 @@ export class AgentPlayer extends SerialGraph {
     this.node = null;
     this.playedBefore = 0; // samples played by earlier graphs of this page
     this.playedNow = 0; // samples played by the current graph
-  }
-
-  get active() {
-    return this.ctx !== null;
-  }
-
-  start() {
-    const ticket = ++this.ticket;
-    return this.serial(() => this.build(ticket));
-  }
-
-  stop() {
-    this.ticket++;
-    return this.serial(() => this.teardown());
   }
 
   async build(ticket) {
