@@ -15,17 +15,11 @@ from hypothesis import strategies as st
 
 from tests.conftest import MakeClient, StartEmulator, relay_settings
 from tests.redis_server import RedisServer
-from tests.voice_client import StuckClient, VoiceSocket, silence
+from tests.voice_client import StuckClient, silence, started
 from voicebridge import protocol
 from voicebridge.app import STATE, create_app
 from voicebridge.emulator import RunningEmulator
 from voicebridge.errors import ProtocolError
-
-
-async def started(client: Any, url: str = "/ws/voice") -> VoiceSocket:
-    voice = VoiceSocket(await client.ws_connect(url))
-    await voice.until_type("session_started")
-    return voice
 
 
 async def test_frame_too_large_closes_1009(

@@ -6,15 +6,13 @@ import asyncio
 import base64
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient
 
 from tests.conftest import KEY, MakeClient, StartEmulator, make_settings, relay_settings
 from tests.speech import make_speech_pcm
-from tests.voice_client import VoiceSocket, is_msg, silence, tone
+from tests.voice_client import is_msg, open_voice, silence, started, tone
 from voicebridge.app import STATE
 from voicebridge.emulator import RunningEmulator
 from voicebridge.session import ResponseTrack
@@ -26,18 +24,6 @@ def speech(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     path = tmp_path_factory.mktemp("speech") / "hello.raw"
     pcm = make_speech_pcm("Hello, I would like to hear about your offer.", path)
     return silence(600) + pcm + silence(1500)
-
-
-async def open_voice(client: TestClient[Any, Any], **kwargs: Any) -> VoiceSocket:
-    ws = await client.ws_connect("/ws/voice", **kwargs)
-    return VoiceSocket(ws)
-
-
-async def started(client: TestClient[Any, Any]) -> VoiceSocket:
-    voice = await open_voice(client)
-    await voice.until_type("session_started")
-    await voice.until_type("status", status="ready")
-    return voice
 
 
 async def no_sessions_left(app: web.Application, emu: RunningEmulator) -> None:

@@ -73,6 +73,19 @@ class VoiceSocket:
         return sum(len(e[1]) for e in self.events if e[0] == "audio")
 
 
+async def open_voice(client: Any, **kwargs: Any) -> VoiceSocket:
+    """Open /ws/voice on an aiohttp test client (or ClientSession with a base URL)."""
+    return VoiceSocket(await client.ws_connect("/ws/voice", **kwargs))
+
+
+async def started(client: Any) -> VoiceSocket:
+    """Open /ws/voice and wait until the session is started and ready."""
+    voice = await open_voice(client)
+    await voice.until_type("session_started")
+    await voice.until_type("status", status="ready")
+    return voice
+
+
 def is_msg(event: Event, kind: str, **fields: Any) -> bool:
     if event[0] != "json" or event[1].get("type") != kind:
         return False
