@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 import structlog
 
 from tests.redis_server import RedisServer, free_port
+from voicebridge.config import mask_url
 from voicebridge.registry import (
     MemoryRegistry,
     RegistryError,
@@ -25,7 +26,7 @@ from voicebridge.registry import (
     redis_registry,
 )
 from voicebridge.registry import base as registry_base
-from voicebridge.registry.redis_registry import RedisRegistry, mask_url
+from voicebridge.registry.redis_registry import RedisRegistry
 
 # Short timings keep the expiry and outage tests fast; production defaults are 15 s / 5 s.
 TTL_S = 1.0

@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import attrs
 from dotenv import dotenv_values
@@ -100,7 +100,7 @@ class Settings:
             if field.name in _SECRET_FIELDS:
                 value = MASK if value else ""
             elif field.name == "session_registry":
-                value = mask_url_password(value)
+                value = mask_url(value)
             elif isinstance(value, Path):
                 value = str(value)
             elif isinstance(value, tuple):
@@ -116,14 +116,27 @@ class Settings:
 _SECRET_FIELDS = frozenset({"azure_openai_key", "client_token", "admin_token"})
 
 
-def mask_url_password(url: str) -> str:
-    """Hide the password of a URL such as ``redis://:secret@host:6379/0``."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return parts._replace(netloc=f"{user}:{MASK}@{netloc}").geturl()
+def mask_url(url: str) -> str:
+    """The URL with its password (in the userinfo or a ``password=`` query) replaced by
+    ``***``, for logs and error messages."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if parts.password is not None:
+            userinfo, _, hostinfo = netloc.rpartition("@")
+            user = userinfo.partition(":")[0]
+            netloc = f"{user}:***@{hostinfo}"
+        query = parts.query
+        if "password" in query:
+            query = urlencode(
+                [
+                    (k, "***" if k == "password" else v)
+                    for k, v in parse_qsl(query, keep_blank_values=True)
+                ]
+            )
+        return urlunsplit(parts._replace(netloc=netloc, query=query))
+    except ValueError:
+        return "<unparsable redis url>"
 
 
 def _parse_bool(raw: str) -> bool:

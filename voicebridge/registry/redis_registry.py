@@ -52,7 +52,7 @@ import json
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import attrs
 import structlog
@@ -62,6 +62,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 
+from voicebridge.config import mask_url
 from voicebridge.registry.base import (
     EndDispatcher,
     EndHandler,
@@ -132,29 +133,6 @@ _ERROR_LOG_INTERVAL_S = 60.0
 
 class _SubscriptionStalled(Exception):
     """The pub/sub connection did not answer a ping in time."""
-
-
-def mask_url(url: str) -> str:
-    """The URL with its password (in the userinfo or a ``password=`` query) replaced by
-    ``***``, for logs and error messages."""
-    try:
-        parts = urlsplit(url)
-        netloc = parts.netloc
-        if parts.password is not None:
-            userinfo, _, hostinfo = netloc.rpartition("@")
-            user = userinfo.partition(":")[0]
-            netloc = f"{user}:***@{hostinfo}"
-        query = parts.query
-        if "password" in query:
-            query = urlencode(
-                [
-                    (k, "***" if k == "password" else v)
-                    for k, v in parse_qsl(query, keep_blank_values=True)
-                ]
-            )
-        return urlunsplit(parts._replace(netloc=netloc, query=query))
-    except ValueError:
-        return "<unparsable redis url>"
 
 
 def _encode(record: SessionRecord) -> str:
