@@ -420,7 +420,7 @@ async def delete_session(request: web.Request) -> web.Response:
 
 def _warn_about_open_access(settings: Settings) -> None:
     """Say at start-up what a security reviewer would ask about first."""
-    public = settings.app_host not in {"127.0.0.1", "localhost", "::1"}
+    public = settings.app_host not in _LOOPBACK_HOSTS
     if public and not settings.client_token and not settings.uses_emulator:
         log.warning(
             "app.open_sessions",
