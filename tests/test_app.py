@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import os
 from typing import Any
 
 import aiohttp
+import attrs
 import pytest
 from aiohttp.test_utils import TestClient
+from structlog.testing import capture_logs
 
 from tests.conftest import make_settings
 from tests.voice_client import VoiceSocket
-from voicebridge.app import STATE, create_app
+from voicebridge.app import STATE, _warn_about_open_access, create_app
+from voicebridge.registry import MemoryRegistry
 
 AnyClient = TestClient[Any, Any]
 
@@ -176,11 +181,69 @@ async def test_capacity_limit_closes_with_1013(aiohttp_client: Any) -> None:
     await first.ws.close()
 
 
+async def test_websocket_is_not_compressed(aiohttp_client: Any) -> None:
+    """A browser offering permessage-deflate gets a 101 without it: audio goes uncompressed."""
+    client = await client_for(aiohttp_client)
+    handshake = {
+        "Upgrade": "websocket",
+        "Connection": "Upgrade",
+        "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode(),
+        "Sec-WebSocket-Version": "13",
+        # What Chromium and Firefox offer on every WebSocket.
+        "Sec-WebSocket-Extensions": "permessage-deflate; client_max_window_bits",
+    }
+    resp = await client.get("/ws/voice", headers=handshake)
+    try:
+        assert resp.status == 101
+        assert "Sec-WebSocket-Extensions" not in resp.headers
+    finally:
+        resp.close()
+    # aiohttp's own client asks for deflate too and ends up without it.
+    ws = await client.ws_connect("/ws/voice", compress=15)
+    assert ws.compress == 0
+    await VoiceSocket(ws).until_type("session_started")
+    await ws.close()
+
+
+@attrs.define
+class UnforgettingRegistry(MemoryRegistry):
+    """A memory registry whose unregister always fails; each attempt is queued."""
+
+    attempts: asyncio.Queue[str] = attrs.field(factory=asyncio.Queue)
+
+    async def unregister(self, session_id: str) -> None:
+        self.attempts.put_nowait(session_id)
+        raise RuntimeError("registry unreachable")
+
+
+async def test_failed_unregister_is_logged_once(aiohttp_client: Any) -> None:
+    """A registry that cannot forget sessions is logged as a warning, once, not per session."""
+    registry = UnforgettingRegistry()
+    client: AnyClient = await aiohttp_client(create_app(make_settings(), registry=registry))
+    ids: list[str] = []
+    with capture_logs() as logs:
+        for _ in range(2):
+            voice = VoiceSocket(await client.ws_connect("/ws/voice"))
+            ids.append((await voice.until_type("session_started"))["session_id"])
+            await voice.ws.close()
+            # The handler logs in the same step that fails the unregister, so the line is
+            # there once the attempt is seen.
+            async with asyncio.timeout(10):
+                assert await registry.attempts.get() == ids[-1]
+    failures = [e for e in logs if e["event"] == "ws.unregister_failed"]
+    assert failures == [
+        {
+            "event": "ws.unregister_failed",
+            "log_level": "warning",
+            "session_id": ids[0],
+            "error": "RuntimeError",
+        }
+    ]
+    assert (await client.get("/health")).status == 200
+
+
 def test_start_up_warns_about_open_access() -> None:
     """Listening publicly without CLIENT_TOKEN or ADMIN_TOKEN is called out in the log."""
-    from structlog.testing import capture_logs
-
-    from voicebridge.app import _warn_about_open_access
 
     azure = {
         "AZURE_OPENAI_ENDPOINT": "https://res.example.com",

@@ -22,6 +22,7 @@ from voicebridge.registry import (
     RegistryError,
     SessionRecord,
     SessionRegistry,
+    SessionSnapshot,
     create_registry,
     redis_registry,
 )
@@ -388,6 +389,74 @@ async def test_close_removes_this_instances_sessions(registry: SessionRegistry) 
         await observer.close()
 
 
+async def test_snapshot_source_is_pulled_without_update(
+    registry: SessionRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a snapshot source installed, list() and get() show each session's latest state
+    and metrics from it without any update() call; on Redis, another instance sees them
+    after a heartbeat, and sees them change with the source."""
+
+    async def no_update(self: object, session_id: str, **_: object) -> None:
+        raise AssertionError("the registry must not need update()")
+
+    monkeypatch.setattr(type(registry), "update", no_update)
+    snapshots: dict[str, SessionSnapshot] = {}
+    registry.set_snapshot_source(lambda: snapshots)
+    await registry.register(record("s1", registry.instance_id), max_sessions=0)
+    await registry.register(record("s2", registry.instance_id), max_sessions=0)
+    snapshots["s1"] = SessionSnapshot(state="listening", metrics={"frames_in": 50})
+    # Snapshots of sessions that are not (or no longer) registered are ignored.
+    snapshots["ghost"] = SessionSnapshot(state="ready", metrics={})
+    snapshots["s2"] = SessionSnapshot(state="ready", metrics={})
+    await registry.unregister("s2")
+
+    assert await _shows(registry, "s1", "listening", {"frames_in": 50})
+    assert [(r.session_id, r.state) for r in await registry.list()] == [("s1", "listening")]
+    assert await registry.get("ghost") is None
+    if not isinstance(registry, RedisRegistry):
+        return
+    observer = await start_redis(registry.url, registry.prefix, instance_id="observer")
+    try:
+        await eventually(
+            lambda: _shows(observer, "s1", "listening", {"frames_in": 50}),
+            within=HEARTBEAT_S + 3.0,
+            what="the snapshot written by a heartbeat",
+        )
+        snapshots["s1"] = SessionSnapshot(state="agent_speaking", metrics={"frames_in": 80})
+        await eventually(
+            lambda: _shows(observer, "s1", "agent_speaking", {"frames_in": 80}),
+            within=HEARTBEAT_S + 3.0,
+            what="the next snapshot written by a heartbeat",
+        )
+        assert await observer.count() == 1
+    finally:
+        await observer.close()
+
+
+async def test_a_failing_snapshot_source_is_logged_once(
+    registry: SessionRegistry, captured_logs: list[MutableMapping[str, Any]]
+) -> None:
+    """A snapshot source that raises leaves the records as they were, and is logged once
+    (rate-limited) however often it is pulled."""
+    pulls = 0
+
+    def broken() -> dict[str, SessionSnapshot]:
+        nonlocal pulls
+        pulls += 1
+        raise RuntimeError("boom")
+
+    registry.set_snapshot_source(broken)
+    await registry.register(record("s1", registry.instance_id), max_sessions=0)
+    for _ in range(3):
+        assert [r.state for r in await registry.list()] == ["connecting"]
+    assert pulls >= 3
+    failures = [e for e in captured_logs if e["event"] == "registry.snapshot_source_failed"]
+    assert len(failures) == 1
+    assert failures[0]["log_level"] == "warning"
+    assert failures[0]["error"] == "RuntimeError: boom"
+    assert registry.healthy()
+
+
 # Redis only ----------------------------------------------------------------------------
 
 
@@ -574,6 +643,7 @@ async def test_starts_without_redis_and_never_logs_the_password(
     assert not await registry.register(record("l2", "lonely"), max_sessions=1)
     assert [r.session_id for r in await registry.list()] == ["l1"]
     assert not await registry.request_end("elsewhere")
+    assert await _logged_for(captured_logs, "registry.end_request_failed", session_id="elsewhere")
     await registry.close()
     assert await _logged(captured_logs, "registry.redis_unavailable")
     assert "s3cret-pw" not in repr(captured_logs)
@@ -754,6 +824,59 @@ async def test_a_denied_subscription_is_not_an_outage(
     assert not a.healthy()
 
 
+async def test_orphans_are_bounded(
+    make_redis: MakeRedis, captured_logs: list[MutableMapping[str, Any]]
+) -> None:
+    """Sessions unregistered while Redis is silent are remembered up to max_orphans, the
+    oldest dropped beyond that (counted, and logged once); once Redis answers, the kept
+    ones are deleted from it at once and the dropped ones are left to expire."""
+    with RedisServer() as server:
+        # A long TTL: what is still in Redis at the end was not deleted, not yet expired.
+        a = await make_redis(
+            server.url, instance_id="a", ttl_s=30.0, max_orphans=2,
+            socket_timeout_s=SILENT_TIMEOUT_S,
+        )  # fmt: skip
+        observer = await make_redis(
+            server.url, instance_id="observer", socket_timeout_s=SILENT_TIMEOUT_S
+        )
+        for i in range(1, 5):
+            assert await a.register(record(f"o{i}", "a"), max_sessions=0)
+        server.pause()
+        try:
+            # Known to be down, so the unregisters below send nothing a resumed Redis
+            # would still run.
+            await eventually(
+                lambda: _logged_for(captured_logs, "registry.redis_unavailable", instance="a"),
+                within=HEARTBEAT_S + SILENT_TIMEOUT_S + 3.0,
+                what="a marks Redis down",
+            )
+            for i in range(1, 5):
+                await a.unregister(f"o{i}")
+            assert a.orphans_dropped == 2
+        finally:
+            server.resume()
+        await eventually(_healthy(a), what="a healthy again")
+        await eventually(lambda: _ids_are(observer, {"o1", "o2"}), what="the kept orphans deleted")
+        deferred = [e for e in captured_logs if e["event"] == "registry.unregister_deferred"]
+        dropped = [e for e in captured_logs if e["event"] == "registry.orphans_dropped"]
+        assert [e["session_id"] for e in deferred] == ["o1"]
+        assert [(e["max_orphans"], e["dropped_total"]) for e in dropped] == [(2, 1)]
+        assert all(e["log_level"] == "warning" for e in deferred + dropped)
+
+
+async def test_logged_messages_mask_the_url_and_password(
+    acl_user: Callable[..., Awaitable[str]], make_redis: MakeRedis
+) -> None:
+    """A URL in an error message that reaches the log is masked as config.mask_url masks
+    it, and the password is blanked wherever else it appears."""
+    url = await acl_user()
+    password = url.split(":")[2].split("@")[0]
+    a = await make_redis(url, instance_id="a")
+    described = a._describe(OSError(f"cannot reach {url} (auth {password})"))
+    assert described == f"OSError: cannot reach {mask_url(url)} (auth ***)"
+    assert password not in described
+
+
 def test_redis_server_helper_restarts_on_the_same_port() -> None:
     """The test helper's server can be killed and started again on its port, and paused
     (silent, connections open) and resumed."""
@@ -813,6 +936,8 @@ def test_create_registry_rejects_bad_settings() -> None:
     assert "pw" not in str(info.value)
     with pytest.raises(RegistryError):
         create_registry("redis://h/0", ttl_s=2, heartbeat_s=5)
+    with pytest.raises(RegistryError, match="max_orphans"):
+        create_registry("redis://h/0", max_orphans=0)
 
 
 def test_create_registry_without_redis_installed(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -834,6 +959,13 @@ async def _logged(logs: list[MutableMapping[str, Any]], event: str) -> bool:
 
 async def _logged_for(logs: list[MutableMapping[str, Any]], event: str, **fields: object) -> bool:
     return any(e["event"] == event and all(e.get(k) == v for k, v in fields.items()) for e in logs)
+
+
+async def _shows(
+    registry: SessionRegistry, session_id: str, state: str, metrics: dict[str, Any]
+) -> bool:
+    seen = await registry.get(session_id)
+    return seen is not None and (seen.state, dict(seen.metrics)) == (state, metrics)
 
 
 async def _absent(registry: SessionRegistry, session_id: str) -> bool:

@@ -15,7 +15,6 @@ from tests.speech import make_speech_pcm
 from tests.voice_client import is_msg, open_voice, silence, started, tone
 from voicebridge.app import STATE
 from voicebridge.emulator import RunningEmulator
-from voicebridge.session import ResponseTrack
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +50,9 @@ async def test_full_spoken_turn(
     kinds = [e[1]["type"] if e[0] == "json" else e[0] for e in voice.events]
     assert kinds.index("user_transcript") < kinds.index("audio")
     first_audio = kinds.index("audio")
-    assert kinds[first_audio - 1] == "status"  # agent_speaking comes just before the voice
+    # agent_speaking, then the response's id, then its voice.
+    assert kinds[first_audio - 2 : first_audio] == ["status", "audio_start"]
+    assert voice.messages("audio_start")[0]["response_id"].startswith("resp_")
     # The emulator echoes the utterance: the agent's audio is about as long as the speech.
     assert voice.audio_bytes() > 0.5 * 48 * 1000
     assert "heard" in voice.messages("user_transcript")[0]["text"]
@@ -372,19 +373,3 @@ async def test_speaking_before_the_agent_makes_a_sound(
     assert emu.event_count("conversation.item.truncated") == 0
     assert emu.event_count("conversation.item.deleted") == 0
     assert voice.messages("error") == []
-
-
-def test_played_position_estimates() -> None:
-    """Played audio: the client's report projected forward, else wall clock, capped at sent."""
-    track = ResponseTrack(response_id="r")
-    assert track.played_ms(100.0) == 0  # nothing written yet
-    track.first_audio_at = 100.0
-    track.audio_written = track.audio_queued = 48 * 3000  # 3 s sent
-    assert track.played_ms(101.0) == 1000  # wall clock since the first audio
-    assert track.played_ms(110.0) == 3000  # never more than was sent
-    track.reported_ms, track.reported_at = 0, 101.0  # the client had not started playing
-    assert track.played_ms(101.0) == 0
-    assert track.played_ms(101.5) == 500
-    assert track.still_playing(101.5)
-    track.active = False
-    assert not track.still_playing(105.0)

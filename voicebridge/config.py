@@ -76,7 +76,6 @@ class Settings:
     rate_window_s: float = 10.0
     registry_heartbeat_s: float = 5.0
     registry_ttl_s: float = 15.0
-    metrics_publish_s: float = 1.0
 
     # Access
     client_token: str = attrs.field(default="", repr=False)
@@ -242,7 +241,6 @@ class _Loader:
             "rate_window_s": g("RATE_WINDOW_S", _parse_float, d.rate_window_s),
             "registry_heartbeat_s": g("REGISTRY_HEARTBEAT_S", _parse_float, d.registry_heartbeat_s),
             "registry_ttl_s": g("REGISTRY_TTL_S", _parse_float, d.registry_ttl_s),
-            "metrics_publish_s": g("METRICS_PUBLISH_S", _parse_float, d.metrics_publish_s),
             "client_token": g("CLIENT_TOKEN", str, ""),
             "admin_token": g("ADMIN_TOKEN", str, ""),
             "allowed_origins": g("ALLOWED_ORIGINS", _parse_list, d.allowed_origins),
@@ -306,7 +304,6 @@ class _Loader:
             ("CLIENT_SEND_TIMEOUT_S", "client_send_timeout_s"),
             ("REGISTRY_HEARTBEAT_S", "registry_heartbeat_s"),
             ("REGISTRY_TTL_S", "registry_ttl_s"),
-            ("METRICS_PUBLISH_S", "metrics_publish_s"),
         ):
             c(v[key] > 0, f"{name}: must be more than 0")
         c(v["shutdown_grace_s"] >= 0, "SHUTDOWN_GRACE_S: must be 0 or more")

@@ -2,11 +2,45 @@
 
 from __future__ import annotations
 
+from typing import Final
+
 import attrs
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+from voicebridge.errors import CODES
+
+__all__ = ["CONTENT_TYPE_LATEST", "ERROR_LABELS", "OTHER_ERROR", "Metrics", "error_label"]
+
+# Error codes Voice Live reports (the emulator's ERR_* constants in
+# voicebridge/emulator/protocol.py; a test keeps them included). The relay passes the
+# service's own codes on to clients, and a label value per distinct string would let the
+# service, or anything upstream, grow the metric without bound.
+VOICE_LIVE_ERROR_CODES: Final = frozenset(
+    {
+        "invalid_json",
+        "invalid_event",
+        "missing_required_parameter",
+        "invalid_value",
+        "unknown_parameter",
+        "emulator_unsupported",
+        "input_audio_buffer_commit_empty",
+        "input_audio_buffer_full",
+        "response_cancel_not_active",
+        "conversation_already_has_active_response",
+        "item_not_found",
+        "item_truncate_invalid_audio_end_ms",
+        "emulator_injected_fault",
+    }
+)
+OTHER_ERROR: Final = "other"
+# Every value the ``code`` label of ``voicebridge_errors_total`` can take.
+ERROR_LABELS: Final = frozenset(CODES) | VOICE_LIVE_ERROR_CODES | {OTHER_ERROR}
+
+
+def error_label(code: str) -> str:
+    """``code`` itself when it is a known code, else ``"other"``."""
+    return code if code in ERROR_LABELS else OTHER_ERROR
 
 
 def _make_registry() -> CollectorRegistry:
@@ -48,7 +82,10 @@ class Metrics:
         )
         self.barge_ins = Counter("voicebridge_barge_ins", "User interruptions", registry=r)
         self.errors = Counter(
-            "voicebridge_errors", "Errors sent to clients, by code", ["code"], registry=r
+            "voicebridge_errors",
+            'Errors sent to clients, by code (unknown codes as "other")',
+            ["code"],
+            registry=r,
         )
         self.upstream_connect = Histogram(
             "voicebridge_upstream_connect_seconds",
@@ -61,6 +98,10 @@ class Metrics:
             "Sessions ended because the client did not read its audio",
             registry=r,
         )
+
+    def count_error(self, code: str) -> None:
+        """Count one error sent to a client; unknown codes are counted as ``"other"``."""
+        self.errors.labels(code=error_label(code)).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

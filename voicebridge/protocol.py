@@ -20,9 +20,7 @@ SAMPLE_RATE: Final = 24000
 BYTES_PER_MS: Final = SAMPLE_RATE * 2 // 1000  # PCM16 mono
 MAX_TEXT_CHARS: Final = 4000
 
-STATUSES: Final = frozenset(
-    {"listening", "processing", "agent_speaking", "ready", "shutting_down", "ending"}
-)
+MAX_RESPONSE_ID_CHARS: Final = 200
 
 
 @attrs.frozen
@@ -44,9 +42,14 @@ class PingIn:
 
 @attrs.frozen
 class PlaybackIn:
-    """The client reports how much agent audio of the current response it has played."""
+    """The client reports how much of one response's audio it has played.
+
+    ``response_id`` is the id announced by that response's ``audio_start``; a client that
+    sends none (older clients) reports on the response written last.
+    """
 
     played_ms: int
+    response_id: str | None = None
 
 
 ClientMessage = AudioIn | TextIn | PingIn | PlaybackIn
@@ -85,7 +88,17 @@ def parse_text(data: str | bytes) -> ClientMessage:
             raise ProtocolError(
                 "'played_ms' must be a whole number of 0 or more", code=errors.ERR_BAD_MESSAGE
             )
-        return PlaybackIn(played)
+        response_id = msg.get("response_id")
+        if response_id is not None and (
+            not isinstance(response_id, str)
+            or not response_id
+            or len(response_id) > MAX_RESPONSE_ID_CHARS
+        ):
+            raise ProtocolError(
+                "'response_id' must be the id of an audio_start message",
+                code=errors.ERR_BAD_MESSAGE,
+            )
+        return PlaybackIn(played, response_id)
     if kind is None:
         raise ProtocolError("message has no 'type'", code=errors.ERR_BAD_MESSAGE)
     raise ProtocolError(
@@ -144,6 +157,11 @@ def error(message: str, code: str) -> str:
 
 def transcript(kind: str, text: str, **extra: Any) -> str:
     return _dump({"type": kind, "text": text, **extra})
+
+
+def audio_start(response_id: str) -> str:
+    """Sent before a response's first audio frame; the frames after it belong to it."""
+    return _dump({"type": "audio_start", "response_id": response_id})
 
 
 CLEAR_AUDIO: Final = _dump({"type": "clear_audio"})

@@ -15,6 +15,8 @@ from voicebridge.registry.base import (
     RegistryError,
     SessionRecord,
     SessionRegistry,
+    SessionSnapshot,
+    SnapshotSource,
     default_instance_id,
 )
 from voicebridge.registry.memory import MemoryRegistry
@@ -29,6 +31,8 @@ __all__ = [
     "RegistryError",
     "SessionRecord",
     "SessionRegistry",
+    "SessionSnapshot",
+    "SnapshotSource",
     "create_registry",
     "default_instance_id",
 ]
@@ -41,6 +45,7 @@ def create_registry(
     ttl_s: float = 15.0,
     heartbeat_s: float = 5.0,
     prefix: str = "vb:",
+    max_orphans: int = 10_000,
 ) -> SessionRegistry:
     """The registry a ``SESSION_REGISTRY`` value names: ``memory`` or a ``redis://`` /
     ``rediss://`` URL. Not started: call ``start()`` (and ``close()``) around its use."""
@@ -58,7 +63,12 @@ def create_registry(
             ) from None
         try:
             return RedisRegistry(
-                spec, instance_id=instance, ttl_s=ttl_s, heartbeat_s=heartbeat_s, prefix=prefix
+                spec,
+                instance_id=instance,
+                ttl_s=ttl_s,
+                heartbeat_s=heartbeat_s,
+                prefix=prefix,
+                max_orphans=max_orphans,
             )
         except ValueError as exc:
             raise RegistryError(f"invalid registry settings: {exc}") from None

@@ -1,5 +1,6 @@
 """The session registry contract: the record, the protocol every backend implements, and
-the small pieces the backends share (instance ids, end-request dispatch)."""
+the small pieces the backends share (instance ids, end-request dispatch, pulling session
+snapshots)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import attrs
 import structlog
+
+from voicebridge.logs import LimitedLog
 
 log = structlog.get_logger(__name__)
 
@@ -66,6 +69,21 @@ class SessionRecord:
         )
 
 
+@attrs.frozen
+class SessionSnapshot:
+    """A session's latest state and metrics, as the registry pulls them from the process
+    holding the session (see `SessionRegistry.set_snapshot_source`)."""
+
+    state: str
+    metrics: Mapping[str, Any] = attrs.field(factory=dict, converter=_copy_metrics)
+
+
+#: Returns the latest snapshot of each session this process holds, keyed by session id.
+#: Called by the registry (from its heartbeat, `list` and `get`), so it must be cheap,
+#: synchronous and not block.
+SnapshotSource = Callable[[], Mapping[str, SessionSnapshot]]
+
+
 @runtime_checkable
 class SessionRegistry(Protocol):
     """Where every live session is listed, counted against the cap, and ended from.
@@ -89,8 +107,13 @@ class SessionRegistry(Protocol):
     async def register(self, record: SessionRecord, *, max_sessions: int) -> bool:
         """Add a session; False when `max_sessions` (> 0) live sessions already exist."""
 
+    def set_snapshot_source(self, source: SnapshotSource) -> None:
+        """Install the callable the registry pulls this instance's sessions' latest state
+        and metrics from, so sessions need not push them with `update`: the Redis backend
+        writes them with each heartbeat, the memory backend reads them on `list`/`get`."""
+
     async def update(self, session_id: str, *, state: str, metrics: Mapping[str, Any]) -> None:
-        """Publish a session's latest state and metrics."""
+        """Publish a session's latest state and metrics now (say, on a state change)."""
 
     async def unregister(self, session_id: str) -> None:
         """Remove a session (no error if it is not there)."""
@@ -114,6 +137,33 @@ class SessionRegistry(Protocol):
 def default_instance_id() -> str:
     """`host-pid-random`: unique per process, readable in `/sessions` and logs."""
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+def pull_snapshots(
+    records: dict[str, SessionRecord], source: SnapshotSource | None, limited: LimitedLog
+) -> None:
+    """Bring each of `records` up to date with its session's snapshot, in place.
+
+    A session the source does not list keeps its record; a snapshot of a session not in
+    `records` (not registered, or refused by the cap) is ignored. A source that raises
+    changes nothing and is logged, rate-limited: the registry must go on serving and
+    renewing sessions whatever the source does.
+    """
+    if source is None:
+        return
+    try:
+        snapshots = source()
+        fresh = {
+            session_id: attrs.evolve(record, state=snapshot.state, metrics=snapshot.metrics)
+            for session_id, record in records.items()
+            if (snapshot := snapshots.get(session_id)) is not None
+        }
+    except Exception as exc:
+        limited.warning(
+            log, "registry.snapshot_source_failed", error=f"{type(exc).__name__}: {exc}"
+        )
+        return
+    records.update(fresh)
 
 
 @attrs.define

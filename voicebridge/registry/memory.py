@@ -8,22 +8,28 @@ from typing import Any
 
 import attrs
 
+from voicebridge.logs import LimitedLog
 from voicebridge.registry.base import (
     EndDispatcher,
     EndHandler,
     SessionRecord,
+    SnapshotSource,
     default_instance_id,
+    pull_snapshots,
 )
 
 
 @attrs.define
 class MemoryRegistry:
     """Sessions in a dict. Every call is synchronous underneath, so the cap check and the
-    insert in `register` cannot interleave with another coroutine's."""
+    insert in `register` cannot interleave with another coroutine's. With a snapshot
+    source installed, `list` and `get` read the sessions' latest state from it."""
 
     instance_id: str = attrs.field(factory=default_instance_id)
     _sessions: dict[str, SessionRecord] = attrs.field(factory=dict, init=False)
     _ends: EndDispatcher = attrs.field(init=False)
+    _snapshot_source: SnapshotSource | None = attrs.field(default=None, init=False)
+    _limited: LimitedLog = attrs.field(factory=LimitedLog, init=False)
 
     @_ends.default
     def _make_dispatcher(self) -> EndDispatcher:
@@ -40,6 +46,10 @@ class MemoryRegistry:
     def set_end_handler(self, handler: EndHandler) -> None:
         """Install the coroutine that ends a local session."""
         self._ends.handler = handler
+
+    def set_snapshot_source(self, source: SnapshotSource) -> None:
+        """Install the callable `list` and `get` pull sessions' latest state from."""
+        self._snapshot_source = source
 
     async def register(self, record: SessionRecord, *, max_sessions: int) -> bool:
         """Add a session unless `max_sessions` (> 0) sessions are already live."""
@@ -64,10 +74,12 @@ class MemoryRegistry:
 
     async def list(self) -> builtins.list[SessionRecord]:
         """Every session, oldest first."""
+        pull_snapshots(self._sessions, self._snapshot_source, self._limited)
         return sorted(self._sessions.values(), key=lambda r: r.started_at)
 
     async def get(self, session_id: str) -> SessionRecord | None:
         """One session, or None."""
+        pull_snapshots(self._sessions, self._snapshot_source, self._limited)
         return self._sessions.get(session_id)
 
     async def request_end(self, session_id: str, reason: str = "ended by admin") -> bool:

@@ -18,13 +18,21 @@ Layout (``prefix`` defaults to ``vb:``):
 Every write of a session (register, update, heartbeat) sets the key and the score together
 in one Lua script, so both carry the same expiry. A heartbeat rewrites all of an
 instance's sessions every ``heartbeat_s``; when an instance dies without closing, its
-sessions stop being rewritten and vanish after ``ttl_s``.
+sessions stop being rewritten and vanish after ``ttl_s``. With a snapshot source
+installed (`set_snapshot_source`), each heartbeat first pulls every local session's latest
+state and metrics from it, so the records in Redis are at most ``heartbeat_s`` old without
+the sessions pushing anything; ``update`` still writes at once, for changes that should
+not wait for the next beat.
 
 Redis is not needed for the server to work: the registry keeps its own sessions in memory
 and, while Redis is unreachable, admits new sessions against the cap counted locally (fail
 open), answers ``list``/``get`` from them and reports ``healthy() == False``. The heartbeat
 keeps probing; once Redis answers it rewrites every local session (re-creating keys lost
-with a restarted Redis) and the subscriber subscribes again.
+with a restarted Redis) and the subscriber subscribes again. Sessions unregistered while
+Redis was unreachable are remembered as orphans and deleted from Redis by that first
+heartbeat; at most ``max_orphans`` are remembered, the oldest dropped beyond that (logged,
+and counted in ``orphans_dropped``): a dropped orphan's entry is no longer rewritten, so it
+still leaves Redis, only later, once its TTL runs out.
 
 "Unreachable" includes a Redis that stops answering without closing anything (a hung
 server, a network silently dropping packets): every call gives up after
@@ -37,7 +45,10 @@ An error reply (``ResponseError``: a command denied by ACL, ``OOM`` under ``maxm
 read-only replica, a failing script) is not an outage: Redis answered. It is logged as
 ``registry.redis_error`` with Redis's message, the call falls back to the local copy as
 above, and reachability and ``healthy()`` are left alone; a refused SUBSCRIBE leaves the
-instance unhealthy, since end requests cannot reach it.
+instance unhealthy, since end requests cannot reach it. Every call that falls back this
+way goes through `RedisRegistry._fail_open`. What a fallback loses (an unregister left for
+later, an end request that could not be sent) is logged at WARNING, at most once a minute
+per kind.
 
 The keys of one script are derived from the prefix rather than all declared up front, so
 this layout suits a single Redis (or a primary with replicas), not Redis Cluster.
@@ -49,10 +60,10 @@ import asyncio
 import builtins
 import contextlib
 import json
+import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
 import attrs
 import structlog
@@ -63,12 +74,15 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 
 from voicebridge.config import mask_url
+from voicebridge.logs import LimitedLog
 from voicebridge.registry.base import (
     EndDispatcher,
     EndHandler,
     RegistryError,
     SessionRecord,
+    SnapshotSource,
     default_instance_id,
+    pull_snapshots,
 )
 
 log = structlog.get_logger(__name__)
@@ -130,24 +144,29 @@ _REDIS_DOWN = (RedisError, OSError)
 # The same error reply (same operation, same message) is logged at most this often.
 _ERROR_LOG_INTERVAL_S = 60.0
 
+# Anything URL-shaped in a message that reaches a log line; masked with config.mask_url.
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+
 
 class _SubscriptionStalled(Exception):
     """The pub/sub connection did not answer a ping in time."""
 
 
+@attrs.define
+class _Attempt:
+    """How one `RedisRegistry._fail_open` block went."""
+
+    #: The block ran to its end.
+    ok: bool = False
+    #: Redis replied: the block ran to its end, or Redis refused with an error reply.
+    answered: bool = False
+    #: Why Redis counts as not answering, when it does not.
+    outage: BaseException | None = None
+
+
 def _encode(record: SessionRecord) -> str:
     # default=str: a metric that is not JSON-able must not take the session down.
     return json.dumps(record.as_dict(), separators=(",", ":"), default=str)
-
-
-def _decode(raw: str | bytes | None) -> SessionRecord | None:
-    if raw is None:
-        return None
-    try:
-        return SessionRecord.from_dict(json.loads(raw))
-    except (ValueError, KeyError, TypeError):
-        log.warning("registry.bad_record")
-        return None
 
 
 @attrs.define
@@ -163,12 +182,23 @@ class RedisRegistry:
     retry_s: float = 1.0
     socket_connect_timeout_s: float = 1.0
     socket_timeout_s: float = 2.0
+    # How many orphans (see `_orphans`) are remembered; the oldest are dropped beyond it.
+    # Ten thousand ids are well under a megabyte, and more sessions than that ending in
+    # one outage is far beyond what one instance holds.
+    max_orphans: int = attrs.field(default=10_000)
 
     _redis: Redis | None = attrs.field(default=None, init=False)
+    # The password redis-py sends, scrubbed from any message that reaches a log line.
+    _password: str | None = attrs.field(default=None, init=False, repr=False)
     _local: dict[str, SessionRecord] = attrs.field(factory=dict, init=False)
     # Sessions removed locally whose Redis entries could not be deleted (Redis was down);
-    # deleted by the first heartbeat that reaches Redis again.
-    _orphans: set[str] = attrs.field(factory=set, init=False)
+    # deleted by the first heartbeat that reaches Redis again. A dict for its order: on
+    # overflow the oldest is dropped.
+    _orphans: dict[str, None] = attrs.field(factory=dict, init=False)
+    _orphans_dropped: int = attrs.field(default=0, init=False)
+    _snapshot_source: SnapshotSource | None = attrs.field(default=None, init=False)
+    # Rate-limits the warnings for what a fail-open call lost; per registry, not global.
+    _limited: LimitedLog = attrs.field(factory=LimitedLog, init=False)
     _ends: EndDispatcher = attrs.field(init=False)
     _tasks: builtins.list[asyncio.Task[None]] = attrs.field(factory=list, init=False)
     _reachable: bool = attrs.field(default=False, init=False)
@@ -197,6 +227,16 @@ class RedisRegistry:
         if not 0 < value < self.ttl_s:
             raise ValueError("heartbeat_s must be positive and shorter than ttl_s")
 
+    @max_orphans.validator
+    def _check_max_orphans(self, _attribute: object, value: int) -> None:
+        if value < 1:
+            raise ValueError("max_orphans must be at least 1")
+
+    @property
+    def orphans_dropped(self) -> int:
+        """How many orphans were forgotten because more than `max_orphans` piled up."""
+        return self._orphans_dropped
+
     # keys -------------------------------------------------------------------------------
 
     @property
@@ -219,6 +259,34 @@ class RedisRegistry:
         # otherwise hold a call for several timeouts. Expiry raises TimeoutError, handled
         # like any other "Redis is not answering" error.
         return asyncio.timeout(self.socket_timeout_s)
+
+    @contextlib.asynccontextmanager
+    async def _fail_open(
+        self, op: str, *, bounded: bool = True, mark_down: bool = True
+    ) -> AsyncIterator[_Attempt]:
+        """Run the block as one fail-open Redis call; the caller reads the `_Attempt` after
+        it and falls back (to the local copy, a default, an orphan) unless it is `ok`.
+
+        The block is bounded by one deadline; with `bounded=False` it bounds its own steps
+        instead (the heartbeat, whose batches get a deadline each). An error reply is
+        logged (`_redis_error`) and leaves reachability alone; an outage marks Redis down
+        (`_mark_down`), or with `mark_down=False` is only recorded in `outage`, for the
+        caller to report (shutdown). Neither escapes the block; anything else (a bug, a
+        cancellation) does.
+        """
+        attempt = _Attempt()
+        try:
+            async with asyncio.timeout(self.socket_timeout_s if bounded else None):
+                yield attempt
+        except ResponseError as exc:
+            attempt.answered = True
+            self._redis_error(op, exc)
+        except _REDIS_DOWN as exc:
+            attempt.outage = exc
+            if mark_down:
+                self._mark_down(exc)
+        else:
+            attempt.ok = attempt.answered = True
 
     # lifecycle --------------------------------------------------------------------------
 
@@ -252,19 +320,15 @@ class RedisRegistry:
         except ValueError:
             # from None: the original message may quote the URL, password included.
             raise RegistryError(f"invalid Redis URL {mask_url(self.url)}") from None
+        password = self._redis.connection_pool.connection_kwargs.get("password")
+        self._password = str(password) if password else None
         self._register_script = self._redis.register_script(_REGISTER_LUA)
         self._touch_script = self._redis.register_script(_TOUCH_LUA)
         self._count_script = self._redis.register_script(_COUNT_LUA)
-        try:
-            async with self._deadline():
-                await self._redis.ping()
-        except ResponseError as exc:  # denied PING, say: Redis answers all the same
-            self._redis_error("start", exc)
-            self._reachable = True
-        except _REDIS_DOWN as exc:
-            self._mark_down(exc)
-        else:
-            self._reachable = True
+        async with self._fail_open("start") as ping:
+            await self._redis.ping()
+        # A denied PING, say, is an answer all the same.
+        self._reachable = ping.answered
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(
@@ -303,37 +367,41 @@ class RedisRegistry:
                 await task
         await self._ends.aclose()
         redis, self._redis = self._redis, None
-        gone = set(self._local) | self._orphans
+        gone = set(self._local) | self._orphans.keys()
         reachable, self._reachable = self._reachable, False
         self._local.clear()
         self._orphans.clear()
         if redis is None:
             return
+        removed = 0
         try:
             # While Redis is unreachable, shutting down must not wait on it, and a Redis
             # that stops answering now holds it up for one deadline at most: the entries
             # expire within ttl_s anyway.
             if gone and reachable:
-                async with self._deadline():
+                async with self._fail_open("close", mark_down=False) as cleanup:
                     await self._delete(redis, gone)
-        except ResponseError as exc:
-            self._redis_error("close", exc)
-        except _REDIS_DOWN as exc:
-            log.warning(
-                "registry.close_cleanup_failed", error=self._describe(exc), sessions=len(gone)
-            )
+                if cleanup.ok:
+                    removed = len(gone)
+                elif cleanup.outage is not None:
+                    log.warning(
+                        "registry.close_cleanup_failed",
+                        error=self._describe(cleanup.outage),
+                        sessions=len(gone),
+                    )
         finally:
             # Disconnecting only closes sockets, but bound it too: shutdown must not hang.
-            with contextlib.suppress(*_REDIS_DOWN):
-                async with self._deadline():
-                    await redis.aclose()
-        log.info(
-            "registry.closed", instance=self.instance_id, removed=len(gone) if reachable else 0
-        )
+            await self._disconnect(redis, "disconnect")
+        log.info("registry.closed", instance=self.instance_id, removed=removed)
 
     def set_end_handler(self, handler: EndHandler) -> None:
         """Install the coroutine that ends a session held by this instance."""
         self._ends.handler = handler
+
+    def set_snapshot_source(self, source: SnapshotSource) -> None:
+        """Install the callable each heartbeat (and `list`/`get`) pulls this instance's
+        sessions' latest state and metrics from; the heartbeat writes them to Redis."""
+        self._snapshot_source = source
 
     def healthy(self) -> bool:
         """Redis answers and this instance is subscribed to its end-request channel."""
@@ -350,32 +418,27 @@ class RedisRegistry:
         """
         redis = self._live_client()
         if redis is not None:
-            try:
-                async with self._deadline():
-                    admitted = await self._register_script(
-                        keys=[self._zkey, self._skey(record.session_id)],
-                        args=[record.session_id, _encode(record), self._ttl_ms, max_sessions],
-                        client=redis,
-                    )
-            except ResponseError as exc:
-                # Redis answered but refused (ACL, OOM, read-only replica, script error).
-                # Fail open, as for an outage: such errors are usually a standing
-                # misconfiguration that would otherwise turn every session on every
-                # instance away, while Redis is there to share sessions, not to be needed
-                # for serving them. The cost is the same as during an outage: the cap is
-                # counted per instance until Redis accepts writes again. The session is
-                # kept locally and the heartbeat keeps trying to write it.
-                self._redis_error("register", exc)
-            except _REDIS_DOWN as exc:
-                # A timeout may come after Redis ran the script (the reply was lost or
-                # late, or a paused Redis runs it once it resumes). Then the entry exists
-                # in Redis and counts against the cap, under this instance's name, until
-                # its TTL: admitted locally below, the heartbeat keeps it; refused
-                # locally, nothing rewrites it and it expires within ttl_s. Either way it
-                # is at most one slot for at most ttl_s, which is why a timeout falls back
-                # to the local count instead of retrying the script.
-                self._mark_down(exc)
-            else:
+            # An error reply (ACL, OOM, read-only replica, script error) fails open, as
+            # an outage does: such errors are usually a standing misconfiguration that
+            # would otherwise turn every session on every instance away, while Redis is
+            # there to share sessions, not to be needed for serving them. The cost is the
+            # same as during an outage: the cap is counted per instance until Redis
+            # accepts writes again. The session is kept locally and the heartbeat keeps
+            # trying to write it.
+            #
+            # A timeout may come after Redis ran the script (the reply was lost or late,
+            # or a paused Redis runs it once it resumes). Then the entry exists in Redis
+            # and counts against the cap, under this instance's name, until its TTL:
+            # admitted locally below, the heartbeat keeps it; refused locally, nothing
+            # rewrites it and it expires within ttl_s. Either way it is at most one slot
+            # for at most ttl_s, which is why a timeout falls back to the local count
+            # instead of retrying the script.
+            async with self._fail_open("register"):
+                admitted = await self._register_script(
+                    keys=[self._zkey, self._skey(record.session_id)],
+                    args=[record.session_id, _encode(record), self._ttl_ms, max_sessions],
+                    client=redis,
+                )
                 if admitted:
                     self._local[record.session_id] = record
                 return bool(admitted)
@@ -398,39 +461,27 @@ class RedisRegistry:
         self._local[session_id] = record
         redis = self._live_client()
         if redis is None:
+            # Not lost: the heartbeat that finds Redis again writes the local copy.
             return
-        try:
-            async with self._deadline():
-                await self._touch(redis, [record])
-                if session_id not in self._local:
-                    # Unregistered while the write was in flight: do not leave it behind.
-                    await self._delete(redis, [session_id])
-        except ResponseError as exc:
-            self._redis_error("update", exc)
+        async with self._fail_open("update") as write:
+            await self._touch(redis, [record])
             if session_id not in self._local:
-                self._orphans.add(session_id)
-        except _REDIS_DOWN as exc:
-            self._mark_down(exc)
-            if session_id not in self._local:
-                self._orphans.add(session_id)
+                # Unregistered while the write was in flight: do not leave it behind.
+                await self._delete(redis, [session_id])
+        if not write.ok and session_id not in self._local:
+            self._add_orphan(session_id)
 
     async def unregister(self, session_id: str) -> None:
         """Remove a session; never raises for an unreachable Redis."""
         self._local.pop(session_id, None)
         redis = self._live_client()
-        if redis is None:
-            if self._redis is not None:  # started, Redis unreachable: clean up later
-                self._orphans.add(session_id)
-            return
-        try:
-            async with self._deadline():
+        if redis is not None:
+            async with self._fail_open("unregister") as delete:
                 await self._delete(redis, [session_id])
-        except ResponseError as exc:
-            self._redis_error("unregister", exc)
-            self._orphans.add(session_id)
-        except _REDIS_DOWN as exc:
-            self._mark_down(exc)
-            self._orphans.add(session_id)
+            if delete.ok:
+                return
+        if self._redis is not None:  # started, Redis unreachable or refusing: later
+            self._add_orphan(session_id)
 
     async def list(self) -> builtins.list[SessionRecord]:
         """Every live session on every instance, oldest first; only this instance's while
@@ -438,52 +489,39 @@ class RedisRegistry:
         found: dict[str, SessionRecord] = {}
         redis = self._live_client()
         if redis is not None:
-            try:
-                async with self._deadline():
-                    ids = await redis.zrange(self._zkey, 0, -1)
-                    for start in range(0, len(ids), _MGET_BATCH):
-                        chunk = ids[start : start + _MGET_BATCH]
-                        raws = await redis.mget([self._skey(str(i)) for i in chunk])
-                        for raw in raws:
-                            record = _decode(raw)
-                            if record is not None:
-                                found[record.session_id] = record
-            except ResponseError as exc:
-                self._redis_error("list", exc)
-            except _REDIS_DOWN as exc:
-                self._mark_down(exc)
+            # Partial on failure: the batches read so far are kept.
+            async with self._fail_open("list"):
+                ids = await redis.zrange(self._zkey, 0, -1)
+                for start in range(0, len(ids), _MGET_BATCH):
+                    chunk = ids[start : start + _MGET_BATCH]
+                    raws = await redis.mget([self._skey(str(i)) for i in chunk])
+                    for raw in raws:
+                        record = self._decode(raw)
+                        if record is not None:
+                            found[record.session_id] = record
         # The local copy of this instance's sessions is the freshest, and covers sessions
         # admitted during an outage that the heartbeat has not rewritten yet.
+        pull_snapshots(self._local, self._snapshot_source, self._limited)
         found.update(self._local)
         return sorted(found.values(), key=lambda r: r.started_at)
 
     async def get(self, session_id: str) -> SessionRecord | None:
         """One session from any instance, or None."""
+        pull_snapshots(self._local, self._snapshot_source, self._limited)
         local = self._local.get(session_id)
         redis = self._live_client()
         if local is not None or redis is None:
             return local
-        try:
-            async with self._deadline():
-                return _decode(await redis.get(self._skey(session_id)))
-        except ResponseError as exc:
-            self._redis_error("get", exc)
-            return None
-        except _REDIS_DOWN as exc:
-            self._mark_down(exc)
-            return None
+        async with self._fail_open("get"):
+            return self._decode(await redis.get(self._skey(session_id)))
+        return None
 
     async def count(self) -> int:
         """Live sessions on every instance (this instance's alone while Redis is down)."""
         redis = self._live_client()
         if redis is not None:
-            try:
-                async with self._deadline():
-                    return int(await self._count_script(keys=[self._zkey], args=[], client=redis))
-            except ResponseError as exc:
-                self._redis_error("count", exc)
-            except _REDIS_DOWN as exc:
-                self._mark_down(exc)
+            async with self._fail_open("count"):
+                return int(await self._count_script(keys=[self._zkey], args=[], client=redis))
         return len(self._local)
 
     async def request_end(self, session_id: str, reason: str = "ended by admin") -> bool:
@@ -498,27 +536,81 @@ class RedisRegistry:
             self._ends.dispatch(session_id, reason)
             return True
         redis = self._live_client()
-        if redis is None:
-            return False
-        try:
-            async with self._deadline():
-                record = _decode(await redis.get(self._skey(session_id)))
+        if redis is not None:
+            async with self._fail_open("request_end") as send:
+                record = self._decode(await redis.get(self._skey(session_id)))
                 if record is None or record.instance == self.instance_id:
                     return False
                 message = json.dumps({"session_id": session_id, "reason": reason})
                 receivers = int(await redis.publish(self._channel(record.instance), message))
-        except ResponseError as exc:
-            self._redis_error("request_end", exc)
-            return False
-        except _REDIS_DOWN as exc:
-            self._mark_down(exc)
-            return False
-        if receivers == 0:
-            log.warning("registry.end_undelivered", session_id=session_id, instance=record.instance)
-            return False
-        return True
+            if send.ok:
+                if receivers == 0:
+                    log.warning(
+                        "registry.end_undelivered", session_id=session_id, instance=record.instance
+                    )
+                    return False
+                return True
+        # Whether the session exists elsewhere is unknown: the admin asking is told no.
+        self._limited.warning(
+            log,
+            "registry.end_request_failed",
+            session_id=session_id,
+            instance=self.instance_id,
+            error="Redis unavailable" if redis is None else "the Redis call failed",
+        )
+        return False
 
     # internals --------------------------------------------------------------------------
+
+    def _add_orphan(self, session_id: str) -> None:
+        """Remember a session to delete from Redis once it answers; the oldest is dropped
+        beyond `max_orphans` (its entry then expires with its TTL instead)."""
+        self._orphans.pop(session_id, None)  # re-added: now the newest
+        self._orphans[session_id] = None
+        dropped = 0
+        while len(self._orphans) > self.max_orphans:
+            del self._orphans[next(iter(self._orphans))]
+            dropped += 1
+        self._orphans_dropped += dropped
+        if dropped:
+            self._limited.warning(
+                log,
+                "registry.orphans_dropped",
+                instance=self.instance_id,
+                max_orphans=self.max_orphans,
+                dropped_total=self._orphans_dropped,
+            )
+        else:
+            self._limited.warning(
+                log,
+                "registry.unregister_deferred",
+                instance=self.instance_id,
+                session_id=session_id,
+                orphans=len(self._orphans),
+            )
+
+    def _decode(self, raw: str | bytes | None) -> SessionRecord | None:
+        if raw is None:
+            return None
+        try:
+            return SessionRecord.from_dict(json.loads(raw))
+        except (ValueError, KeyError, TypeError):
+            self._limited.warning(log, "registry.bad_record", instance=self.instance_id)
+            return None
+
+    async def _disconnect(self, client: Any, what: str) -> None:
+        # Closing only closes sockets, but a silent Redis must not hold shutdown (or the
+        # subscriber's next attempt) up: bounded, and a failure is only worth a warning.
+        async with self._fail_open(what, mark_down=False) as closing:
+            await client.aclose()
+        if closing.outage is not None:
+            self._limited.warning(
+                log,
+                "registry.disconnect_failed",
+                instance=self.instance_id,
+                what=what,
+                error=self._describe(closing.outage),
+            )
 
     def _live_client(self) -> Redis | None:
         # None before start, after close, and while Redis is unreachable: callers then
@@ -598,19 +690,21 @@ class RedisRegistry:
 
     def _scrub(self, text: str) -> str:
         # Redis's own messages do not quote passwords, but nothing that reaches a log
-        # line may carry the one in the URL.
-        with contextlib.suppress(ValueError):
-            parts = urlsplit(self.url)
-            secrets = [parts.password or ""]
-            secrets += [v for k, v in parse_qsl(parts.query) if k == "password"]
-            for secret in secrets:
-                if secret:
-                    text = text.replace(secret, "***")
+        # line may carry one: URLs are masked as everywhere else (config.mask_url), and
+        # the password redis-py parsed from ours and sends is blanked wherever it appears.
+        text = _URL.sub(lambda match: mask_url(match.group()), text)
+        if self._password:
+            text = text.replace(self._password, "***")
         return text
 
     async def _heartbeat(self, redis: Redis) -> None:
+        # The sessions' latest state rides on the rewrite that renews their TTLs: the
+        # same script calls, nothing extra per session.
+        pull_snapshots(self._local, self._snapshot_source, self._limited)
         snapshot = builtins.list(self._local.values())
-        try:
+        # Unbounded as a whole: ping, each batch of the rewrite and the delete get a
+        # deadline each, so a heartbeat of many batches is not cut short.
+        async with self._fail_open("heartbeat", bounded=False) as beat:
             if not self._reachable or not snapshot:
                 # With sessions, rewriting them is the probe; without, only a ping would
                 # notice a Redis that went silent (nothing else would reach it).
@@ -620,17 +714,15 @@ class RedisRegistry:
             # Sessions unregistered while the rewrite ran, and those removed during an
             # outage, must not outlive their sessions.
             stale = {r.session_id for r in snapshot if r.session_id not in self._local}
-            stale |= self._orphans
+            stale |= self._orphans.keys()
             if stale:
                 async with self._deadline():
                     await self._delete(redis, stale)
-                self._orphans -= stale
-        except ResponseError as exc:
-            # Redis answers (so it counts as reachable below) but refuses these writes;
-            # they are retried on the next beat.
-            self._redis_error("heartbeat", exc)
-        except _REDIS_DOWN as exc:
-            self._mark_down(exc)
+                for session_id in stale:
+                    self._orphans.pop(session_id, None)
+        # An error reply: Redis answers (so it counts as reachable below) but refuses
+        # these writes; they are retried on the next beat.
+        if not beat.answered:
             return
         if not self._reachable:
             self._reachable = True
@@ -673,10 +765,7 @@ class RedisRegistry:
                 log.exception("registry.subscriber_failed", instance=self.instance_id)
             finally:
                 self._subscribed.clear()
-                with contextlib.suppress(*_REDIS_DOWN):
-                    async with self._deadline():
-                        # redis-py leaves PubSub.aclose unannotated.
-                        await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await self._disconnect(pubsub, "pubsub_close")
             await asyncio.sleep(delay)
 
     async def _listen(self, pubsub: Any, outages: int) -> None:

@@ -1,0 +1,136 @@
+"""The plain HTTP routes: health, client config, docs, metrics and the admin ``/sessions``.
+
+None of these carries a secret. ``/sessions`` lists, shows and ends live sessions on any
+instance sharing the registry, and needs the admin token (or, without one, a loopback
+client; the rule is :func:`voicebridge.access.admin_ok`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import structlog
+from aiohttp import web
+
+from voicebridge import __version__, access, errors, protocol
+from voicebridge.docs import render_docs
+from voicebridge.metrics import CONTENT_TYPE_LATEST
+from voicebridge.registry import SessionRecord
+from voicebridge.state import STATE
+
+log = structlog.get_logger(__name__)
+
+
+def json_error(status: type[web.HTTPException], message: str, code: str) -> web.HTTPException:
+    """An HTTP error whose body is the protocol's ``error`` message, ready to raise."""
+    return status(text=protocol.error(message, code), content_type="application/json")
+
+
+async def health(request: web.Request) -> web.Response:
+    """Readiness for a load balancer: 200 healthy, or 503 once the instance drains."""
+    state = request.app[STATE]
+    if state.draining:
+        return web.json_response({"status": "draining"}, status=503)
+    return web.json_response(
+        {
+            "status": "healthy",
+            "version": __version__,
+            "backend": state.settings.voicelive_backend,
+            "instance": state.registry.instance_id,
+            "sessions": len(state.sessions),
+            "registry": "ok" if state.registry.healthy() else "degraded",
+            "uptime_s": round(time.time() - state.started_at, 1),
+        }
+    )
+
+
+async def client_config(request: web.Request) -> web.Response:
+    """What the browser client needs to know; no secrets."""
+    s = request.app[STATE].settings
+    return web.json_response(
+        {
+            "backend": s.voicelive_backend,
+            "client_token_required": bool(s.client_token),
+            "sample_rate": protocol.SAMPLE_RATE,
+            "version": __version__,
+        }
+    )
+
+
+async def index(request: web.Request) -> web.Response:
+    """The browser client."""
+    raise web.HTTPFound("/static/index.html")
+
+
+async def docs(request: web.Request) -> web.Response:
+    """The routes and the WebSocket protocol as an HTML page."""
+    return web.Response(text=render_docs(), content_type="text/html")
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text format."""
+    state = request.app[STATE]
+    state.metrics.active.set(len(state.sessions))
+    for session in list(state.sessions.values()):
+        session.count_audio()  # audio counters are pulled at scrape time, not pushed
+    body = state.metrics.render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+# -- admin routes -----------------------------------------------------------------------
+
+
+def _require_admin(request: web.Request) -> None:
+    expected = request.app[STATE].settings.admin_token
+    if not access.admin_ok(request.headers.get("Authorization", ""), request.remote, expected):
+        raise web.HTTPUnauthorized(
+            text=json.dumps({"error": "admin token required", "code": errors.ERR_UNAUTHORIZED}),
+            content_type="application/json",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+def _record_json(request: web.Request, record: SessionRecord) -> dict[str, object]:
+    # Sessions held here have fresher metrics than the last published copy.
+    local = request.app[STATE].sessions.get(record.session_id)
+    data = record.as_dict()
+    if local is not None:
+        data["state"] = local.stats.state
+        data["metrics"] = local.stats.as_dict()
+    return data
+
+
+async def list_sessions(request: web.Request) -> web.Response:
+    """Every live session on every instance sharing the registry, oldest first."""
+    _require_admin(request)
+    records = await request.app[STATE].registry.list()
+    records.sort(key=lambda r: r.started_at)
+    return web.json_response(
+        {"count": len(records), "sessions": [_record_json(request, r) for r in records]}
+    )
+
+
+async def get_session(request: web.Request) -> web.Response:
+    """One live session, wherever it runs; 404 if it is not live anywhere."""
+    _require_admin(request)
+    session_id = request.match_info["session_id"]
+    record = await request.app[STATE].registry.get(session_id)
+    if record is None:
+        raise json_error(
+            web.HTTPNotFound, f"no live session {session_id[:64]}", errors.ERR_NOT_FOUND
+        )
+    return web.json_response(_record_json(request, record))
+
+
+async def delete_session(request: web.Request) -> web.Response:
+    """End a session on whichever instance holds it; 202, since the end is asynchronous."""
+    _require_admin(request)
+    session_id = request.match_info["session_id"]
+    found = await request.app[STATE].registry.request_end(session_id, "ended by an operator")
+    if not found:
+        raise json_error(
+            web.HTTPNotFound, f"no live session {session_id[:64]}", errors.ERR_NOT_FOUND
+        )
+    log.info("admin.session_ended", target=session_id)
+    return web.json_response({"session_id": session_id, "status": "ending"}, status=202)

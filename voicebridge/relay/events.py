@@ -1,0 +1,188 @@
+"""The upstream's events, parsed: pure, no I/O, fuzzed like the client protocol.
+
+:func:`parse_event` turns one Voice Live server frame into a small typed value, or None for
+an event the relay does not use. Anything malformed raises :class:`BadUpstreamEvent` and
+nothing else, so the session can tell a bad frame (logged, skipped) from a bug in its own
+handling (which ends the session as ``internal_error``). Event names and fields follow the
+SDK's models (``azure.ai.voicelive.models``: ``ServerEventResponseAudioDelta`` and friends).
+"""
+
+from __future__ import annotations
+
+import binascii
+from base64 import b64decode
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import orjson
+
+
+class BadUpstreamEvent(ValueError):
+    """A frame from the upstream that is not a usable event."""
+
+
+@attrs.frozen
+class SessionUpdated:
+    session_id: str | None
+
+
+@attrs.frozen
+class SpeechStarted:
+    pass
+
+
+@attrs.frozen
+class SpeechStopped:
+    pass
+
+
+@attrs.frozen
+class UserTranscript:
+    text: str
+
+
+@attrs.frozen
+class ResponseCreated:
+    response_id: str | None
+
+
+@attrs.frozen
+class OutputItemAdded:
+    response_id: str | None
+    item_id: str | None
+
+
+@attrs.frozen
+class AudioDelta:
+    response_id: str | None
+    item_id: str | None
+    pcm: bytes
+
+
+@attrs.frozen
+class AgentTranscript:
+    text: str
+
+
+@attrs.frozen
+class AgentText:
+    text: str
+
+
+@attrs.frozen
+class ResponseDone:
+    response_id: str | None
+
+
+@attrs.frozen
+class ServiceError:
+    code: str
+    message: str
+
+
+UpstreamEvent = (
+    SessionUpdated
+    | SpeechStarted
+    | SpeechStopped
+    | UserTranscript
+    | ResponseCreated
+    | OutputItemAdded
+    | AudioDelta
+    | AgentTranscript
+    | AgentText
+    | ResponseDone
+    | ServiceError
+)
+
+_SPEECH_STARTED = SpeechStarted()
+_SPEECH_STOPPED = SpeechStopped()
+
+
+def parse_event(raw: str | bytes) -> UpstreamEvent | None:
+    """One server frame as a typed event; None for event types the relay ignores."""
+    try:
+        event = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise BadUpstreamEvent("not valid JSON") from None
+    if not isinstance(event, dict):
+        raise BadUpstreamEvent(f"not a JSON object but {type(event).__name__}")
+    kind = event.get("type")
+    if kind == "response.audio.delta":  # the hot path: most frames are audio
+        delta = event.get("delta")
+        if not isinstance(delta, str):
+            raise BadUpstreamEvent("response.audio.delta without a base64 'delta'")
+        try:
+            pcm = b64decode(delta, validate=True)
+        except (binascii.Error, ValueError):
+            raise BadUpstreamEvent("response.audio.delta with invalid base64") from None
+        return AudioDelta(_opt_str(event, "response_id"), _opt_str(event, "item_id"), pcm)
+    parse = _PARSERS.get(kind) if isinstance(kind, str) else None
+    if parse is None:
+        if not isinstance(kind, str):
+            raise BadUpstreamEvent("event without a string 'type'")
+        return None
+    return parse(event)
+
+
+def _opt_str(obj: dict[str, Any], key: str) -> str | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise BadUpstreamEvent(f"'{key}' is not a string")
+    return value or None
+
+
+def _text(obj: dict[str, Any], key: str) -> str:
+    return _opt_str(obj, key) or ""
+
+
+def _object(obj: dict[str, Any], key: str) -> dict[str, Any]:
+    value = obj.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise BadUpstreamEvent(f"'{key}' is not an object")
+    return value
+
+
+def _session_updated(event: dict[str, Any]) -> SessionUpdated:
+    return SessionUpdated(_opt_str(_object(event, "session"), "id"))
+
+
+def _response_created(event: dict[str, Any]) -> ResponseCreated:
+    return ResponseCreated(_opt_str(_object(event, "response"), "id"))
+
+
+def _output_item(event: dict[str, Any]) -> OutputItemAdded:
+    return OutputItemAdded(_opt_str(event, "response_id"), _opt_str(_object(event, "item"), "id"))
+
+
+def _response_done(event: dict[str, Any]) -> ResponseDone:
+    return ResponseDone(_opt_str(_object(event, "response"), "id"))
+
+
+def _error(event: dict[str, Any]) -> ServiceError:
+    err = event.get("error")
+    if not isinstance(err, dict):
+        err = {"message": str(err)} if err else {}
+    code = err.get("code") or err.get("type") or "upstream_error"
+    message = err.get("message") or "Voice Live reported an error"
+    return ServiceError(str(code)[:100], str(message)[:1000])
+
+
+_PARSERS: dict[str, Callable[[dict[str, Any]], UpstreamEvent]] = {
+    "session.updated": _session_updated,
+    "input_audio_buffer.speech_started": lambda e: _SPEECH_STARTED,
+    "input_audio_buffer.speech_stopped": lambda e: _SPEECH_STOPPED,
+    "conversation.item.input_audio_transcription.completed": lambda e: UserTranscript(
+        _text(e, "transcript")
+    ),
+    "response.created": _response_created,
+    "response.output_item.added": _output_item,
+    "response.audio_transcript.done": lambda e: AgentTranscript(_text(e, "transcript")),
+    "response.text.done": lambda e: AgentText(_text(e, "text")),
+    "response.done": _response_done,
+    "error": _error,
+}

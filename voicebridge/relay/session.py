@@ -1,0 +1,649 @@
+"""One voice session: wires the parts of the relay together for one client WebSocket.
+
+``run()`` reads the agent's instructions, opens the upstream (:mod:`.upstream`) and
+configures it, then runs five tasks in one ``asyncio.TaskGroup``:
+
+* the **client pump**: client frames -> parsed messages (:mod:`voicebridge.protocol`) ->
+  audio and text to the upstream, within the rate limits (:mod:`.limits`);
+* the **upstream pump**: server frames -> parsed events (:mod:`.events`) -> the turn
+  tracker (:mod:`.turns`) -> text and audio into the client channel (:mod:`.channel`);
+* the channel's **writer**;
+* the **watchdog**: the session's time limits and the channel's stall clock;
+* the **end waiter**: an end requested from outside (admin, shutdown).
+
+Whichever ends first raises :class:`Disconnect` after recording why; the group cancels
+the rest, the channel closes the client with the code that reason maps to
+(:data:`voicebridge.errors.CODES`), and the upstream is closed whatever happened. A bug in
+the relay's own handling is not a bad frame: it ends the session as ``internal_error``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import aiohttp
+import attrs
+import structlog
+from aiohttp import web
+
+from voicebridge import errors, protocol
+from voicebridge.config import Settings
+from voicebridge.errors import ProtocolError
+from voicebridge.logs import LimitedLog
+from voicebridge.metrics import Metrics
+from voicebridge.protocol import BYTES_PER_MS
+from voicebridge.registry import SessionRegistry
+from voicebridge.relay import events as ev
+from voicebridge.relay.channel import ClientChannel, ClientGone
+from voicebridge.relay.limits import TokenBucket
+from voicebridge.relay.session_config import build_session_config
+from voicebridge.relay.stats import SessionStats
+from voicebridge.relay.turns import ResponseTrack, TurnTracker
+from voicebridge.relay.upstream import Upstream, UpstreamClosed, UpstreamConfig, open_connection
+
+log = structlog.get_logger(__name__)
+
+# Upstream error codes that are expected races, not failures worth showing to a user.
+_BENIGN_UPSTREAM_ERRORS = frozenset({"response_cancel_not_active"})
+# Ends that owe the client the rest of the answer and a `status: ended` rather than an error.
+_GRACEFUL_CODES = frozenset(
+    {errors.ERR_ENDED_BY_ADMIN, errors.ERR_SESSION_LIMIT, errors.ERR_IDLE, errors.ERR_SHUTDOWN}
+)
+
+
+class Disconnect(Exception):
+    """Raised by a task whose side ended, so the TaskGroup cancels its siblings."""
+
+
+@attrs.define
+class EndReason:
+    reason: str
+    close_code: int = errors.CLOSE_NORMAL
+    code: str | None = None
+    message: str | None = None
+
+
+class Session:
+    """The relay for one client WebSocket. Create, ``await run()``, discard."""
+
+    def __init__(
+        self,
+        *,
+        request: web.Request,
+        ws: web.WebSocketResponse,
+        settings: Settings,
+        upstream: UpstreamConfig,
+        registry: SessionRegistry,
+        metrics: Metrics,
+        session_id: str | None = None,
+    ) -> None:
+        self.id = session_id or uuid.uuid4().hex
+        self.settings = settings
+        self.upstream_config = upstream
+        self.registry = registry
+        self.prom = metrics
+        self.stats = SessionStats(client=request.remote or "")
+        self.end: EndReason | None = None
+        self.done = asyncio.Event()
+        self.turns = TurnTracker(BYTES_PER_MS)
+        self.channel = ClientChannel(
+            ws,
+            request.transport,
+            audio_budget=settings.client_send_buffer_ms * BYTES_PER_MS,
+            on_written=self._on_written,
+        )
+        self._task: asyncio.Task[Any] | None = None
+        self._end_requested = asyncio.Event()
+        self._turn_over = asyncio.Event()  # no response in progress (for a graceful drain)
+        self._turn_over.set()
+        self._upstream: Upstream | None = None
+        self._aligner = protocol.SampleAligner()
+        self._odd_frame_told = False
+        self._started_sent = False
+        self._last_activity = time.monotonic()
+        self._warned = False
+        self._counted_in = 0
+        self._counted_out = 0
+        self._limited = LimitedLog()
+        now = time.monotonic()
+        rate = settings.max_audio_rate * protocol.SAMPLE_RATE * 2
+        self._audio_bucket = TokenBucket(rate, rate * settings.rate_window_s, now)
+        per_s = settings.client_text_per_min / 60
+        self._text_bucket = TokenBucket(per_s, max(1.0, settings.client_text_per_min / 4), now)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Relay until either side ends, a limit is hit, or an end is requested."""
+        self._task = asyncio.current_task()
+        structlog.contextvars.bind_contextvars(session_id=self.id)
+        log.info("session.started", client=self.stats.client, backend=self.upstream_config.backend)
+        try:
+            try:
+                await self._connect()
+                if self.end is None:
+                    await self._relay()
+            finally:
+                if self._upstream is not None:
+                    await self._upstream.close()
+            await self._close_client()
+        except asyncio.CancelledError:
+            self._set_end(EndReason("cancelled", errors.CLOSE_GOING_AWAY))
+            self.channel.abort()
+            raise
+        except Exception:
+            log.exception("session.failed")
+            self._set_end(EndReason("internal_error", errors.CLOSE_UPSTREAM))
+            self.channel.abort()
+        finally:
+            self.done.set()
+            end = self.end or EndReason("unknown")
+            self.prom.sessions.labels(reason=end.reason).inc()
+            self.count_audio()
+            log.info(
+                "session.ended",
+                reason=end.reason,
+                close_code=end.close_code,
+                carried_byte=bool(self._aligner.carry),
+                **self.stats.as_dict(),
+            )
+            structlog.contextvars.unbind_contextvars("session_id")
+
+    def request_end(
+        self,
+        reason: str,
+        *,
+        close_code: int = errors.CLOSE_NORMAL,
+        code: str | None = None,
+        message: str | None = None,
+    ) -> None:
+        """Ask the session to end from outside (admin, shutdown); returns at once."""
+        self._set_end(EndReason(reason, close_code, code, message))
+        self._end_requested.set()
+
+    async def drain(self, grace_s: float) -> None:
+        """Graceful shutdown: tell the client, let the current response finish, close 1001.
+
+        Bounded whatever the peers do: after the grace, the close gets a few seconds and
+        then the session's task is cancelled and its client connection aborted.
+        """
+        if self.done.is_set():
+            return
+        self._send_text(protocol.status("shutting_down", grace_s=grace_s))
+        waits = [
+            asyncio.ensure_future(self._turn_over.wait()),
+            asyncio.ensure_future(self.done.wait()),
+        ]
+        try:
+            await asyncio.wait(waits, timeout=grace_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waits:
+                waiter.cancel()
+        if self.done.is_set():
+            return
+        self.request_end(
+            "shutdown",
+            close_code=errors.CLOSE_GOING_AWAY,
+            code=errors.ERR_SHUTDOWN,
+            message="the server is restarting; please reconnect",
+        )
+        try:
+            async with asyncio.timeout(_CLOSE_TIMEOUT_S * 2):
+                await self.done.wait()
+        except TimeoutError:
+            log.warning("session.drain_forced")
+            self.channel.abort()
+            if self._task is not None:
+                self._task.cancel()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_CLOSE_TIMEOUT_S):
+                    await self.done.wait()
+
+    @property
+    def response_active(self) -> bool:
+        return self.turns.response_active
+
+    def snapshot(self) -> dict[str, Any]:
+        """The session's metrics now, as `/sessions` shows them."""
+        return self.stats.as_dict()
+
+    def count_audio(self) -> None:
+        """Add the audio relayed since the last call to the process-wide counters."""
+        stats = self.stats
+        bytes_per_s = BYTES_PER_MS * 1000
+        self.prom.audio_in.inc((stats.audio_in_bytes - self._counted_in) / bytes_per_s)
+        self.prom.audio_out.inc((stats.audio_out_bytes - self._counted_out) / bytes_per_s)
+        self._counted_in = stats.audio_in_bytes
+        self._counted_out = stats.audio_out_bytes
+
+    def _set_end(self, end: EndReason) -> None:
+        if self.end is None:
+            self.end = end
+
+    def _stop(self, reason: str, code: str | None = None, message: str | None = None) -> Disconnect:
+        """Record why the session ends (the first reason wins); raise what it returns."""
+        close = errors.close_code(code) if code else errors.CLOSE_NORMAL
+        self._set_end(EndReason(reason, close, code, message))
+        return Disconnect(reason)
+
+    @contextlib.contextmanager
+    def _io_ends_session(self) -> Iterator[None]:
+        """Either socket failing ends the session with the reason that names it."""
+        try:
+            yield
+        except ClientGone:
+            raise self._stop("client_gone") from None
+        except UpstreamClosed as exc:
+            log.warning("session.upstream_closed", error=exc.detail)
+            raise self._stop(
+                "upstream_closed",
+                errors.ERR_UPSTREAM_CLOSED,
+                f"the Voice Live connection closed: {exc.detail}",
+            ) from None
+
+    async def _connect(self) -> None:
+        """Open and configure the upstream; an end request stops the wait."""
+        try:
+            instructions = await asyncio.to_thread(self.settings.read_instructions)
+        except (OSError, UnicodeDecodeError) as exc:
+            log.error("session.instructions_unreadable", error=str(exc))
+            self._stop(
+                "config_error",
+                errors.ERR_INTERNAL,
+                "the agent's instructions could not be read; please try again later",
+            )
+            return
+        started = time.monotonic()
+        timeout = self.settings.upstream_connect_timeout_s
+        attempt = asyncio.ensure_future(open_connection(self.upstream_config, timeout))
+        ending = asyncio.ensure_future(self._end_requested.wait())
+        try:
+            await asyncio.wait({attempt, ending}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ending.cancel()
+            if not attempt.done():
+                # open_connection releases its socket and HTTP session when cancelled.
+                attempt.cancel()
+                with contextlib.suppress(asyncio.CancelledError, UpstreamClosed):
+                    await attempt
+        if attempt.cancelled():
+            return
+        failure = attempt.exception()
+        if isinstance(failure, UpstreamClosed):
+            self._upstream_failed(failure.detail)
+            return
+        if failure is not None:
+            raise failure
+        self._upstream = Upstream(attempt.result())
+        config = build_session_config(self.settings, instructions)
+        try:
+            await self._upstream.send({"type": "session.update", "session": config})
+        except UpstreamClosed as exc:
+            self._upstream_failed(f"could not configure Voice Live: {exc.detail}")
+            return
+        elapsed = time.monotonic() - started
+        self.stats.upstream_connect_ms = round(elapsed * 1000, 1)
+        self.prom.upstream_connect.observe(elapsed)
+        log.info("session.upstream_connected", connect_ms=self.stats.upstream_connect_ms)
+
+    def _upstream_failed(self, message: str) -> None:
+        log.warning("session.upstream_connect_failed", error=message)
+        self._stop("upstream_connect_failed", errors.ERR_UPSTREAM_CONNECT, message)
+
+    async def _relay(self) -> None:
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._client_pump(), name="client_pump")
+                tg.create_task(self._upstream_pump(), name="upstream_pump")
+                tg.create_task(self._writer(), name="writer")
+                tg.create_task(self._watchdog(), name="watchdog")
+                tg.create_task(self._wait_end_request(), name="end_request")
+        except* Disconnect:
+            pass
+        except* Exception as group:
+            for exc in group.exceptions:
+                log.error("session.failed", exc_info=exc)
+            self._stop(
+                "internal_error", errors.ERR_INTERNAL, "internal error; the session was closed"
+            )
+
+    async def _close_client(self) -> None:
+        """Flush what a graceful end owes the client, say why, close; never stall."""
+        end = self.end or EndReason("unknown")
+        graceful = end.code in _GRACEFUL_CODES
+        last = None
+        if end.code and end.message:
+            if graceful:
+                last = protocol.status("ended", code=end.code, message=end.message)
+            else:
+                self.prom.count_error(end.code)
+                last = protocol.error(end.message, end.code)
+        await self.channel.close(
+            end.close_code, end.message or end.reason, flush=graceful, last=last
+        )
+
+    async def _wait_end_request(self) -> None:
+        await self._end_requested.wait()
+        raise Disconnect("end requested")
+
+    # -- client -> upstream ------------------------------------------------------------
+
+    async def _client_pump(self) -> None:
+        max_frame = self.settings.max_frame_bytes
+        channel = self.channel
+        with self._io_ends_session():
+            async for msg in channel.messages():
+                self._last_activity = time.monotonic()
+                if msg.type is aiohttp.WSMsgType.BINARY:
+                    data: bytes = msg.data
+                    if len(data) > max_frame:
+                        raise self._too_large(len(data))
+                    await self._send_audio(data)
+                elif msg.type is aiohttp.WSMsgType.TEXT:
+                    text: str = msg.data
+                    if len(text) > max_frame:
+                        raise self._too_large(len(text))
+                    await self._handle_text(text)
+                elif msg.type is aiohttp.WSMsgType.ERROR:
+                    log.info("session.client_error", error=str(channel.exception()))
+                    close = channel.close_code or errors.CLOSE_TOO_BIG
+                    self._set_end(EndReason("client_error", close))
+                    raise Disconnect("client_error")
+        raise self._stop("client_closed")
+
+    def _too_large(self, size: int) -> Disconnect:
+        limit = self.settings.max_frame_bytes
+        return self._stop(
+            "frame_too_large",
+            errors.ERR_FRAME_TOO_LARGE,
+            f"frame of {size} bytes is larger than the limit of {limit}",
+        )
+
+    async def _handle_text(self, text: str) -> None:
+        try:
+            message = protocol.parse_text(text)
+        except ProtocolError as exc:
+            self._client_error(exc.message, exc.code)
+            return
+        if isinstance(message, protocol.AudioIn):
+            await self._send_audio(message.pcm)
+        elif isinstance(message, protocol.PingIn):
+            self._send_text(protocol.PONG)
+        elif isinstance(message, protocol.TextIn):
+            if not self._text_bucket.take(1, time.monotonic()):
+                self._client_error(
+                    f"too many text messages; at most {self.settings.client_text_per_min} a minute",
+                    errors.ERR_RATE_LIMITED,
+                )
+                return
+            await self._send_user_text(message.text)
+        elif isinstance(message, protocol.PlaybackIn):
+            self.turns.playback(message.response_id, message.played_ms, time.monotonic())
+
+    async def _send_audio(self, data: bytes) -> None:
+        pcm = self._aligner.feed(data)
+        if len(data) & 1 and not self._odd_frame_told:
+            self._odd_frame_told = True
+            self._client_error(
+                "audio frame with an odd byte count: PCM16 needs whole 2-byte samples; "
+                "the last byte is kept for the next frame (told once per session)",
+                errors.ERR_ODD_FRAME,
+            )
+        if not pcm:
+            return
+        if not self._audio_bucket.take(len(pcm), time.monotonic()):
+            raise self._stop(
+                "rate_limited",
+                errors.ERR_RATE_LIMITED,
+                f"audio arrives faster than {self.settings.max_audio_rate:g}x real time",
+            )
+        self.stats.audio_in_bytes += len(pcm)
+        self.stats.audio_in_frames += 1
+        assert self._upstream is not None
+        await self._upstream.send_audio(base64.b64encode(pcm).decode("ascii"))
+
+    async def _send_user_text(self, text: str) -> None:
+        assert self._upstream is not None
+        await self._upstream.send(
+            {
+                "type": "conversation.item.create",
+                "item": {
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": text}],
+                },
+            }
+        )
+        await self._upstream.send({"type": "response.create"})
+
+    # -- upstream -> client ------------------------------------------------------------
+
+    async def _upstream_pump(self) -> None:
+        upstream = self._upstream
+        assert upstream is not None
+        audio_delta = ev.AudioDelta
+        handlers = self._handlers()
+        with self._io_ends_session():
+            while True:
+                raw = await upstream.receive()
+                if not raw:
+                    continue
+                try:
+                    event = ev.parse_event(raw)
+                except ev.BadUpstreamEvent as exc:
+                    # One malformed event is not worth a call; the service never sends them.
+                    self._limited.warning(
+                        log, "session.upstream_bad_event", size=len(raw), error=str(exc)
+                    )
+                    continue
+                # Outside the parser's try: a failure here is a bug and ends the session.
+                if type(event) is audio_delta:
+                    await self._on_audio(event)
+                elif event is not None:
+                    handler = handlers.get(type(event))
+                    if handler is not None:
+                        await handler(event)
+
+    def _handlers(self) -> dict[type, Any]:
+        return {
+            ev.SessionUpdated: self._on_session_updated,
+            ev.SpeechStarted: self._on_speech_started,
+            ev.SpeechStopped: self._on_speech_stopped,
+            ev.UserTranscript: self._on_user_transcript,
+            ev.ResponseCreated: self._on_response_created,
+            ev.OutputItemAdded: self._on_output_item,
+            ev.AgentTranscript: self._on_agent_transcript,
+            ev.AgentText: self._on_agent_text,
+            ev.ResponseDone: self._on_response_done,
+            ev.ServiceError: self._on_service_error,
+        }
+
+    async def _on_session_updated(self, event: ev.SessionUpdated) -> None:
+        if self._started_sent:
+            return
+        self._started_sent = True
+        self._send_text(
+            protocol.session_started(
+                self.id,
+                backend=self.upstream_config.backend,
+                voice=self.settings.voice_name,
+                sample_rate=protocol.SAMPLE_RATE,
+                upstream_session_id=event.session_id,
+            )
+        )
+        self._set_state("ready")
+        if self.settings.enable_proactive_greeting:
+            assert self._upstream is not None
+            await self._upstream.send({"type": "response.create"})
+
+    async def _on_speech_started(self, event: ev.SpeechStarted) -> None:
+        now = time.monotonic()
+        plan = self.turns.plan_barge_in(now)
+        if plan is not None:
+            # The caller talks over the agent: silence it now, end it, forget the unheard.
+            self.turns.mute(plan)
+            dropped = self.channel.drop_audio()
+            if plan.clear_client:
+                self._send_text(protocol.CLEAR_AUDIO)
+                self.stats.barge_ins += 1
+                self.prom.barge_ins.inc()
+            assert self._upstream is not None
+            if plan.cancel:
+                await self._upstream.send({"type": "response.cancel"})
+            for item_id, played_ms in plan.truncate:
+                await self._upstream.send(
+                    {
+                        "type": "conversation.item.truncate",
+                        "item_id": item_id,
+                        "content_index": 0,
+                        "audio_end_ms": played_ms,
+                    }
+                )
+            for item_id in plan.delete:
+                await self._upstream.send({"type": "conversation.item.delete", "item_id": item_id})
+            log.info(
+                "session.barge_in",
+                truncated=plan.truncate,
+                deleted=plan.delete,
+                dropped_ms=dropped // BYTES_PER_MS,
+            )
+        self._set_state("listening")
+
+    async def _on_speech_stopped(self, event: ev.SpeechStopped) -> None:
+        self.turns.speech_stopped(time.monotonic())
+        self.stats.turns += 1
+        self._set_state("processing")
+
+    async def _on_user_transcript(self, event: ev.UserTranscript) -> None:
+        self.stats.user_transcripts += 1
+        self._send_text(protocol.transcript("user_transcript", event.text))
+
+    async def _on_response_created(self, event: ev.ResponseCreated) -> None:
+        self.turns.response_created(event.response_id)
+        self._turn_over.clear()
+
+    async def _on_output_item(self, event: ev.OutputItemAdded) -> None:
+        self.turns.output_item(event.response_id, event.item_id)
+
+    async def _on_audio(self, event: ev.AudioDelta) -> None:
+        step = self.turns.audio(event.response_id, event.item_id, len(event.pcm), time.monotonic())
+        if step is None:
+            return
+        if step.first:
+            self._set_state("agent_speaking")
+            if step.latency_s is not None:
+                self.stats.latencies_ms.append(round(step.latency_s * 1000, 1))
+                self.prom.latency.observe(step.latency_s)
+            self._send_text(protocol.audio_start(step.track.response_id))
+        await self.channel.send_audio(step.track, event.pcm)
+
+    def _on_written(self, track: ResponseTrack, nbytes: int) -> None:
+        self.turns.written(track, nbytes, time.monotonic())
+        self.stats.audio_out_bytes += nbytes
+        self.stats.audio_out_frames += 1
+
+    async def _on_agent_transcript(self, event: ev.AgentTranscript) -> None:
+        self.stats.agent_transcripts += 1
+        self._send_text(protocol.transcript("agent_transcript", event.text))
+
+    async def _on_agent_text(self, event: ev.AgentText) -> None:
+        self.stats.agent_transcripts += 1
+        self._send_text(protocol.transcript("agent_text", event.text))
+
+    async def _on_response_done(self, event: ev.ResponseDone) -> None:
+        if not self.turns.response_done(event.response_id):
+            return  # an older response ending changes nothing the client sees now
+        self._turn_over.set()
+        if self.stats.state != "listening":
+            self._set_state("ready")
+
+    async def _on_service_error(self, event: ev.ServiceError) -> None:
+        if event.code in _BENIGN_UPSTREAM_ERRORS:
+            log.debug("session.upstream_benign_error", code=event.code)
+            return
+        log.warning("session.upstream_error", code=event.code, message=event.message)
+        self._client_error(event.message, event.code)
+
+    # -- output to the client ----------------------------------------------------------
+
+    def _send_text(self, text: str) -> None:
+        if not self.channel.send_text(text):
+            # Only a client that reads nothing gets here; it is ended, not buffered for.
+            self._slow_consumer("the client stopped reading its messages")
+
+    def _slow_consumer(self, message: str) -> None:
+        self.prom.send_overflows.inc()
+        self.request_end(
+            "slow_consumer",
+            close_code=errors.close_code(errors.ERR_SLOW_CONSUMER),
+            code=errors.ERR_SLOW_CONSUMER,
+            message=message,
+        )
+
+    def _client_error(self, message: str, code: str) -> None:
+        self.stats.errors += 1
+        self.prom.count_error(code)
+        self._send_text(protocol.error(message, code))
+
+    def _set_state(self, state: str) -> None:
+        if state != self.stats.state:
+            self.stats.state = state
+            self._send_text(protocol.status(state))
+
+    async def _writer(self) -> None:
+        with self._io_ends_session():
+            await self.channel.run_writer()
+
+    # -- timers ------------------------------------------------------------------------
+
+    async def _watchdog(self) -> None:
+        """Time limits, and the stall clock: a write pending too long ends the session."""
+        s = self.settings
+        deadline = self.stats.started_mono + s.session_max_duration_s
+        warn_at = deadline - s.session_warning_s
+        stall_limit = s.client_send_timeout_s
+        while True:
+            now = time.monotonic()
+            if now >= deadline:
+                raise self._stop(
+                    "max_duration",
+                    errors.ERR_SESSION_LIMIT,
+                    f"the session reached its limit of {s.session_max_duration_s:g} s",
+                )
+            idle_deadline = self._last_activity + s.session_idle_timeout_s
+            if now >= idle_deadline:
+                raise self._stop(
+                    "idle",
+                    errors.ERR_IDLE,
+                    f"nothing received from the client for {s.session_idle_timeout_s:g} s",
+                )
+            pending_since = self.channel.stalled_since()
+            if pending_since is not None and now - pending_since >= stall_limit:
+                self.prom.send_overflows.inc()
+                raise self._stop(
+                    "slow_consumer",
+                    errors.ERR_SLOW_CONSUMER,
+                    f"the client read none of its audio for {stall_limit:g} s",
+                )
+            if not self._warned and s.session_warning_s > 0 and now >= warn_at:
+                self._warned = True
+                self._send_text(
+                    protocol.status(
+                        "ending", code=errors.ERR_SESSION_LIMIT, seconds_left=round(deadline - now)
+                    )
+                )
+            # A write that starts after this check cannot stall before now + stall_limit.
+            stall_at = (pending_since if pending_since is not None else now) + stall_limit
+            next_check = min(deadline, idle_deadline, stall_at)
+            if not self._warned and s.session_warning_s > 0:
+                next_check = min(next_check, warn_at)
+            await asyncio.sleep(max(0.01, next_check - now))
+
+
+_CLOSE_TIMEOUT_S = 2.0

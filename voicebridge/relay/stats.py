@@ -1,0 +1,70 @@
+"""What one session has done so far: counts, latencies, state; shown in /sessions and logs."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Any
+
+import attrs
+
+from voicebridge.protocol import BYTES_PER_MS
+
+
+@attrs.define
+class SessionStats:
+    """Counters of one session; ``as_dict()`` is the shape `/sessions` shows."""
+
+    started_at: float = attrs.field(factory=time.time)
+    started_mono: float = attrs.field(factory=time.monotonic)
+    state: str = "connecting"
+    client: str = ""
+    audio_in_bytes: int = 0
+    audio_in_frames: int = 0
+    audio_out_bytes: int = 0
+    audio_out_frames: int = 0
+    turns: int = 0
+    barge_ins: int = 0
+    user_transcripts: int = 0
+    agent_transcripts: int = 0
+    errors: int = 0
+    upstream_connect_ms: float | None = None
+    latencies_ms: deque[float] = attrs.field(factory=lambda: deque(maxlen=200))
+
+    def as_dict(self) -> dict[str, Any]:
+        lat = sorted(self.latencies_ms)
+        return {
+            "started_at": self.started_at,
+            "duration_s": round(time.monotonic() - self.started_mono, 3),
+            "state": self.state,
+            "client": self.client,
+            "audio_in": {
+                "bytes": self.audio_in_bytes,
+                "frames": self.audio_in_frames,
+                "ms": self.audio_in_bytes // BYTES_PER_MS,
+            },
+            "audio_out": {
+                "bytes": self.audio_out_bytes,
+                "frames": self.audio_out_frames,
+                "ms": self.audio_out_bytes // BYTES_PER_MS,
+            },
+            "turns": self.turns,
+            "barge_ins": self.barge_ins,
+            "transcripts": {"user": self.user_transcripts, "agent": self.agent_transcripts},
+            "errors": self.errors,
+            "upstream_connect_ms": self.upstream_connect_ms,
+            "response_latency_ms": {
+                "last": self.latencies_ms[-1] if lat else None,
+                "p50": percentile(lat, 50),
+                "p95": percentile(lat, 95),
+                "count": len(lat),
+            },
+        }
+
+
+def percentile(ordered: list[float], pct: float) -> float | None:
+    """The nearest-rank percentile of an already sorted list; None when it is empty."""
+    if not ordered:
+        return None
+    index = min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))
+    return round(ordered[index], 1)

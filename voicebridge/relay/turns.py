@@ -1,0 +1,216 @@
+"""The turn tracker: agent responses, what the client was sent and played of each, and
+what a barge-in must do about them. Pure: no I/O, no clock of its own (callers pass
+``now``), so the rules are unit-tested from a table without any socket.
+
+A response's audio is *queued* when it arrives from Voice Live, *written* when the client
+channel puts it on the client socket, and *played* as far as the client reports (or, with
+no report, as far as the wall clock since its first written byte allows, never beyond what
+was written). A barge-in mutes every response still playing, and for each one the client
+heard part of, truncates the service's copy at the played position (or deletes the item
+when nothing was played), so the model's memory matches what the caller heard.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+#: Responses remembered by id; older ones are forgotten (their audio has long played).
+TRACKS_KEPT = 8
+
+
+@attrs.define(eq=False)
+class ResponseTrack:
+    """What the client has been sent of one agent response."""
+
+    response_id: str
+    bytes_per_ms: int
+    active: bool = True  # between response.created and response.done
+    item_id: str | None = None
+    audio_queued: int = 0  # bytes accepted from upstream for the client
+    audio_written: int = 0  # bytes written to the client socket
+    first_audio_at: float | None = None  # monotonic, when its first byte was written
+    announced: bool = False  # the client was told its id (audio_start)
+    muted: bool = False  # barge-in: the rest of its audio is dropped
+    answers: float | None = None  # when the speech it answers stopped (latency)
+    reported_ms: int | None = None  # the client's own playback report ...
+    reported_at: float = 0.0  # ... and when it arrived
+
+    def played_ms(self, now: float) -> int:
+        """Audio the client has played: its report projected forward, else the wall clock.
+
+        Never more than what was written to the socket.
+        """
+        sent_ms = self.audio_written // self.bytes_per_ms
+        if self.reported_ms is not None:
+            return int(min(sent_ms, self.reported_ms + (now - self.reported_at) * 1000))
+        if self.first_audio_at is None:
+            return 0
+        return int(min(sent_ms, (now - self.first_audio_at) * 1000))
+
+    def still_playing(self, now: float) -> bool:
+        """Whether the caller may still be hearing (or about to hear) this response."""
+        if self.muted:
+            return False
+        if self.active:
+            return True
+        return self.played_ms(now) < self.audio_queued // self.bytes_per_ms
+
+
+@attrs.frozen
+class BargeIn:
+    """What to do when the caller starts talking over the agent.
+
+    ``mute``: response ids whose remaining audio is dropped (queued and still to come).
+    ``clear_client``: tell the client to stop playback now (something was sent to it).
+    ``cancel``: ask the service to stop generating the current response.
+    ``truncate``: ``(item_id, audio_end_ms)`` for items the caller heard part of.
+    ``delete``: item ids the caller heard nothing of (the service rejects a 0 ms truncate).
+    """
+
+    mute: tuple[str, ...] = ()
+    clear_client: bool = False
+    cancel: bool = False
+    truncate: tuple[tuple[str, int], ...] = ()
+    delete: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class AudioStep:
+    """What arriving audio means: the track it belongs to, whether it is the response's
+    first audio (the client must be told and the state becomes ``agent_speaking``), and the
+    response latency in seconds when this audio answers a finished utterance."""
+
+    track: ResponseTrack
+    first: bool
+    latency_s: float | None
+
+
+class TurnTracker:
+    """Responses seen recently, by id; the newest created one is the current response."""
+
+    def __init__(self, bytes_per_ms: int, *, kept: int = TRACKS_KEPT) -> None:
+        self.bytes_per_ms = bytes_per_ms
+        self.kept = kept
+        self.tracks: dict[str, ResponseTrack] = {}
+        self.current: ResponseTrack | None = None
+        self.last_written: ResponseTrack | None = None
+        self.speech_stopped_at: float | None = None
+        self._anonymous = 0
+
+    @property
+    def response_active(self) -> bool:
+        return self.current is not None and self.current.active
+
+    def speech_stopped(self, now: float) -> None:
+        """The caller finished an utterance: the next response's latency runs from here."""
+        self.speech_stopped_at = now
+
+    def response_created(self, response_id: str | None) -> ResponseTrack:
+        track = self._new(response_id, active=True)
+        # The turn this response answers: latency runs from its speech_stopped.
+        track.answers, self.speech_stopped_at = self.speech_stopped_at, None
+        self.current = track
+        return track
+
+    def output_item(self, response_id: str | None, item_id: str | None) -> None:
+        track = self.find(response_id)
+        if track is not None and track.item_id is None:
+            track.item_id = item_id
+
+    def audio(
+        self, response_id: str | None, item_id: str | None, nbytes: int, now: float
+    ) -> AudioStep | None:
+        """Account for ``nbytes`` of agent audio; None when it must be dropped (muted)."""
+        track = self.tracks.get(response_id) if response_id else self.current
+        if track is None:
+            # Audio of a response we saw no response.created for: track it all the same.
+            track = self._new(response_id, active=False)
+        if track.muted or nbytes <= 0:
+            return None
+        if track.item_id is None:
+            track.item_id = item_id
+        first = track.audio_queued == 0
+        latency = None
+        if first:
+            stopped_at = track.answers if track.answers is not None else self.speech_stopped_at
+            if stopped_at is not None:
+                latency = now - stopped_at
+                self.speech_stopped_at = track.answers = None
+        track.audio_queued += nbytes
+        return AudioStep(track, first, latency)
+
+    def written(self, track: ResponseTrack, nbytes: int, now: float) -> None:
+        """The client channel put ``nbytes`` of this track on the client socket."""
+        if track.first_audio_at is None:
+            track.first_audio_at = now
+        track.audio_written += nbytes
+        self.last_written = track
+
+    def playback(self, response_id: str | None, played_ms: int, now: float) -> bool:
+        """A client's playback report; True when it was applied.
+
+        With an id it applies to that response only; without one (older clients) to the
+        response written last. A report for audio never written is ignored.
+        """
+        track = self.tracks.get(response_id) if response_id else self.last_written
+        if track is None or track.first_audio_at is None:
+            return False
+        track.reported_ms = played_ms
+        track.reported_at = now
+        return True
+
+    def response_done(self, response_id: str | None) -> bool:
+        """Mark a response finished; True when it was the current one (the state changes)."""
+        track = self.find(response_id)
+        if track is not None:
+            track.active = False
+        return track is not None and track is self.current
+
+    def find(self, response_id: str | None) -> ResponseTrack | None:
+        """The track an event names; the current one only when it names none."""
+        if response_id:
+            return self.tracks.get(response_id)
+        return self.current
+
+    def plan_barge_in(self, now: float) -> BargeIn | None:
+        """What the caller talking now must do; None when nothing of the agent is playing."""
+        playing = [t for t in self.tracks.values() if t.still_playing(now)]
+        if not playing:
+            return None
+        heard = [t for t in playing if t.audio_queued > 0]
+        current = self.current
+        truncate: list[tuple[str, int]] = []
+        delete: list[str] = []
+        for track in heard:
+            if not track.item_id:
+                continue
+            played = track.played_ms(now)
+            if played > 0:
+                truncate.append((track.item_id, played))
+            else:
+                delete.append(track.item_id)
+        return BargeIn(
+            mute=tuple(t.response_id for t in playing),
+            clear_client=bool(heard),
+            # With interrupt_response on, the service cancels on its own; a cancel that
+            # loses that race is answered by response_cancel_not_active, which is ignored.
+            cancel=current is not None and current.active and current in playing,
+            truncate=tuple(truncate),
+            delete=tuple(delete),
+        )
+
+    def mute(self, plan: BargeIn) -> None:
+        for response_id in plan.mute:
+            track = self.tracks.get(response_id)
+            if track is not None:
+                track.muted = True
+
+    def _new(self, response_id: str | None, *, active: bool) -> ResponseTrack:
+        if not response_id:
+            self._anonymous += 1
+            response_id = f"anonymous-{self._anonymous}"
+        track = ResponseTrack(response_id, self.bytes_per_ms, active=active)
+        self.tracks[response_id] = track
+        if len(self.tracks) > self.kept:
+            del self.tracks[next(iter(self.tracks))]
+        return track

@@ -1,0 +1,160 @@
+"""The Voice Live connection of one session: open it within a bound, send, receive, close.
+
+Only public SDK names are used: the SDK's :class:`VoiceLiveConnection` (built from an HTTP
+session and a WebSocket, its documented constructor), its ``send``, ``recv_bytes`` and
+``close``, and :class:`ConnectionClosed`.
+
+Why not ``azure.ai.voicelive.aio.connect()`` (SDK 1.3.1): its context manager builds its
+own ``aiohttp.ClientSession`` with aiohttp's default 300 s handshake timeout, which no
+public option bounds (``connection_options['handshake_timeout']`` is documented as
+ignored), and closes that session only on ``aiohttp.ClientError``. A connect timed out or
+cancelled by the relay therefore leaves an unclosed session behind ("Unclosed client
+session"), and one left to run holds its socket for up to 300 s: a silent service made
+retrying clients exhaust the process's file descriptors. Opening the WebSocket here, with
+a session the relay owns and bounds, releases everything as soon as an attempt ends. The
+URL and headers follow the SDK's ``_VoiceLiveConnectionManager._prepare_url`` and
+``_get_auth_headers``; ``tests/test_upstream.py`` checks them against the emulator's
+handshake rules, and redirects are refused as the SDK refuses them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import aiohttp
+import attrs
+from azure.ai.voicelive.aio import ConnectionClosed, VoiceLiveConnection
+from azure.ai.voicelive.aio import ConnectionError as VoiceLiveConnectionError
+
+from voicebridge import __version__
+
+#: The path Voice Live serves its realtime WebSocket on, below the resource endpoint.
+REALTIME_PATH = "/voice-live/realtime"
+CLOSE_TIMEOUT_S = 2.0
+USER_AGENT = f"voicebridge/{__version__}"
+
+
+@attrs.frozen
+class UpstreamConfig:
+    """Where and how to reach Voice Live (Azure or the local emulator)."""
+
+    endpoint: str
+    api_key: str = attrs.field(repr=False)
+    model: str
+    api_version: str
+    backend: str = "azure"
+
+
+class UpstreamClosed(Exception):
+    """The Voice Live connection ended or could not be used; ``detail`` is secret-free."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+def realtime_url(config: UpstreamConfig) -> str:
+    """The WebSocket URL: ``ws(s)://host/path/voice-live/realtime?api-version=..&model=..``."""
+    parts = urlsplit(config.endpoint)
+    scheme = {"https": "wss", "http": "ws"}.get(parts.scheme, parts.scheme)
+    params = {"api-version": config.api_version, "model": config.model}
+    for key, value in parse_qsl(parts.query):
+        params.setdefault(key, value)
+    path = parts.path.rstrip("/") + REALTIME_PATH
+    return urlunsplit((scheme, parts.netloc, path, urlencode(params), ""))
+
+
+async def _refuse_redirect(
+    session: aiohttp.ClientSession,
+    context: SimpleNamespace,
+    params: aiohttp.TraceRequestRedirectParams,
+) -> None:
+    # A redirect would forward the api-key header to wherever it points.
+    params.response.close()
+    raise aiohttp.ClientError("Voice Live answered with a redirect, which is refused")
+
+
+async def open_connection(config: UpstreamConfig, timeout_s: float) -> VoiceLiveConnection:
+    """Open the WebSocket within ``timeout_s``; on any failure nothing stays open.
+
+    Raises :class:`UpstreamClosed` with a secret-free description; a cancellation releases
+    the socket and the HTTP session before it propagates.
+    """
+    trace = aiohttp.TraceConfig()
+    trace.on_request_redirect.append(_refuse_redirect)
+    http = aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=timeout_s),
+        trace_configs=[trace],
+        headers={"User-Agent": USER_AGENT},
+    )
+    try:
+        ws = await http.ws_connect(
+            realtime_url(config),
+            headers={"api-key": config.api_key},
+            max_msg_size=16 * 1024 * 1024,
+            heartbeat=20.0,
+            timeout=aiohttp.ClientWSTimeout(ws_close=CLOSE_TIMEOUT_S),
+        )
+    except BaseException as exc:
+        # Shielded: a cancelled connect must still close its session, or it leaks.
+        await asyncio.shield(http.close())
+        if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
+            raise UpstreamClosed(f"Voice Live did not answer within {timeout_s:g} s") from None
+        if isinstance(exc, aiohttp.ClientError | OSError):
+            raise UpstreamClosed(f"could not connect to Voice Live: {describe(exc)}") from None
+        raise
+    return VoiceLiveConnection(http, ws)
+
+
+class Upstream:
+    """One open Voice Live connection: the session's only way to talk to the service."""
+
+    def __init__(self, conn: VoiceLiveConnection) -> None:
+        self._conn = conn
+
+    async def send(self, event: dict[str, Any]) -> None:
+        try:
+            await self._conn.send(event)
+        except (VoiceLiveConnectionError, ConnectionError, aiohttp.ClientError) as exc:
+            raise UpstreamClosed(describe(exc)) from None
+
+    async def send_audio(self, b64: str) -> None:
+        """``input_audio_buffer.append`` of already base64-encoded PCM."""
+        await self.send({"type": "input_audio_buffer.append", "audio": b64})
+
+    async def receive(self) -> bytes:
+        """The next server frame, raw; raises :class:`UpstreamClosed` when the socket ends."""
+        try:
+            return await self._conn.recv_bytes()
+        except ConnectionClosed as exc:
+            raise UpstreamClosed(f"closed with code {exc.code}") from None
+        except (VoiceLiveConnectionError, ConnectionError, aiohttp.ClientError) as exc:
+            raise UpstreamClosed(describe(exc)) from None
+
+    async def close(self) -> None:
+        """Close the socket and its HTTP session; bounded whatever the service does."""
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT_S * 2):
+                await self._conn.close()
+        except TimeoutError:
+            pass
+
+
+def describe(exc: BaseException) -> str:
+    """A short, secret-free description of a connection failure."""
+    cause = exc.__cause__ if isinstance(exc, VoiceLiveConnectionError) else exc
+    if isinstance(exc, ConnectionClosed):
+        return f"closed with code {exc.code}"
+    if isinstance(cause, aiohttp.WSServerHandshakeError):
+        if cause.status in (401, 403):
+            return f"the service rejected the credentials ({cause.status}); check the API key"
+        return f"handshake failed with HTTP {cause.status}"
+    if isinstance(cause, aiohttp.ClientConnectorError):
+        reason = cause.os_error.strerror or type(cause.os_error).__name__
+        return f"cannot reach {cause.host}:{cause.port} ({reason})"
+    if isinstance(cause, OSError | aiohttp.ClientError):
+        return type(cause).__name__
+    return type(exc).__name__

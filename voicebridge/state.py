@@ -1,0 +1,37 @@
+"""What one running app shares between requests, behind a single ``web.AppKey``.
+
+A module of its own so the request handlers (``ws_voice``, ``ops``) and the app factory
+(``app``) all import it and never each other: ``app`` → handlers → ``state``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import attrs
+from aiohttp import web
+
+from voicebridge.config import Settings
+from voicebridge.logs import LimitedLog
+from voicebridge.metrics import Metrics
+from voicebridge.registry import SessionRegistry
+from voicebridge.relay import Session, UpstreamConfig
+
+
+@attrs.define
+class AppState:
+    """Everything one running app shares between requests."""
+
+    settings: Settings
+    metrics: Metrics
+    registry: SessionRegistry
+    upstream: UpstreamConfig | None = None
+    sessions: dict[str, Session] = attrs.field(factory=dict)
+    draining: bool = False
+    started_at: float = attrs.field(factory=time.time)
+    # Failures that must not stop a request (a registry unregister) are logged through
+    # this, once a minute per event, so a broken registry does not flood the log.
+    limited_log: LimitedLog = attrs.field(factory=LimitedLog)
+
+
+STATE = web.AppKey("state", AppState)
