@@ -40,7 +40,7 @@ format: install
 	$(VENV)/bin/ruff check --fix voicebridge tests
 
 bench: install
-	$(PY) -m voicebridge.bench
+	$(PY) -m voicebridge.bench $(BENCH_ARGS)
 
 soak: install system-deps
 	$(PY) -m pytest -m soak -o addopts="" -p no:randomly

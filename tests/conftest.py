@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
@@ -82,3 +83,18 @@ async def make_client(aiohttp_client: Any) -> MakeClient:
         return client
 
     return make
+
+
+# The in-process relay tests run on both the default loop and uvloop (which `serve` uses):
+# the two differ where it matters to the relay, e.g. a transport's write-buffer marks.
+_BOTH_LOOPS = ("test_relay.py", "test_limits.py")
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+    if item.path.name not in _BOTH_LOOPS:
+        return {"asyncio": asyncio.new_event_loop}
+    import uvloop
+
+    return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}

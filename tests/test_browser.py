@@ -157,7 +157,10 @@ _INSTRUMENT = """
 (() => {
     const live = { contexts: [], streams: [], sockets: [] };
     window.__live = live;
-    window.__reports = []; // {socket, played, responseMs}: playback reports the page sent
+    // Playback reports the page sent: {socket, played, responseId, announced, responseMs}.
+    // responseMs is the audio received so far of the response the report counts: the one
+    // it names, or (no response_id) the one begun by the first audio after agent_speaking.
+    window.__reports = [];
 
     const NativeAudioContext = window.AudioContext;
     window.AudioContext = class extends NativeAudioContext {
@@ -175,6 +178,9 @@ _INSTRUMENT = """
             this.receivedMs = 0; // agent audio received on this socket
             this.responseFromMs = 0; // where the current response's audio starts
             this.speaking = false;
+            this.announced = []; // response ids of audio_start messages, in order
+            this.byResponse = new Map(); // response id -> its audio received, in ms
+            this.current = null; // the id of the response binary frames belong to
             this.addEventListener('message', (e) => {
                 if (typeof e.data !== 'string') {
                     if (this.speaking) {
@@ -182,21 +188,37 @@ _INSTRUMENT = """
                         this.responseFromMs = this.receivedMs;
                         this.speaking = false;
                     }
-                    this.receivedMs += e.data.byteLength / 48;
+                    const ms = e.data.byteLength / 48;
+                    this.receivedMs += ms;
+                    if (this.current !== null) {
+                        this.byResponse.set(this.current, this.byResponse.get(this.current) + ms);
+                    }
                     return;
                 }
                 const msg = JSON.parse(e.data);
                 if (msg.type === 'status' && msg.status === 'agent_speaking') this.speaking = true;
+                if (msg.type === 'audio_start') {
+                    this.current = msg.response_id;
+                    this.announced.push(msg.response_id);
+                    this.byResponse.set(msg.response_id, 0);
+                }
+                if (msg.type === 'clear_audio') this.current = null;
             });
         }
         send(data) {
             if (typeof data === 'string') {
                 const msg = JSON.parse(data);
                 if (msg.type === 'playback') {
+                    const id = msg.response_id ?? null;
                     window.__reports.push({
                         socket: this.index,
                         played: msg.played_ms,
-                        responseMs: this.receivedMs - this.responseFromMs,
+                        responseId: id,
+                        announced: id !== null && this.byResponse.has(id),
+                        responseMs:
+                            id === null
+                                ? this.receivedMs - this.responseFromMs
+                                : this.byResponse.get(id) ?? 0,
                     });
                 }
             }
@@ -680,3 +702,322 @@ async def test_status_history_and_transcript_are_capped(
         "lastLine": {"role": "agent", "text": "line 699"},
         "same": True,
     }
+
+
+async def test_playback_reports_name_the_response(server: ServerProcess, audio_dir: Path) -> None:
+    """Against the real server, each playback report names a response announced by
+    audio_start and never counts more than that response's audio received so far."""
+    if not speech.tools_available():
+        pytest.skip("espeak-ng and sox are needed to make test speech")
+    wav = speech.make_speech_wav(
+        SPEECH, audio_dir / "named.wav", rate=48_000, lead_s=0.5, trail_s=5.0
+    )
+    async with _page(wav, server.url) as page:
+        await page.add_init_script(_INSTRUMENT)
+        await page.goto("/")
+        await page.click("#start")
+        await _wait(
+            page,
+            """() => window.__reports.some(
+                (r) => r.responseId !== null && r.played >= 1000 && r.responseMs - r.played < 100
+            )""",
+            "a report naming a response that played out whole",
+        )
+        await page.click("#stop")
+        await _wait_status(page, "disconnected")
+        reports = await page.evaluate("() => window.__reports")
+        announced = await page.evaluate("() => window.__live.sockets[0].announced")
+    assert announced, "the server sent no audio_start"
+    assert all(r["responseId"] is not None for r in reports), reports
+    assert all(r["announced"] for r in reports), reports
+    assert {r["responseId"] for r in reports} <= set(announced), (reports, announced)
+    too_much = [r for r in reports if r["played"] > r["responseMs"] + 1]
+    assert not too_much, too_much
+
+
+# A stand-in for the server's socket, driven by the test: window.__socket() is the latest
+# socket, with .open(), .text(obj), .audio(ms) and .close(code) to play the server's part.
+# What the page sends as text is kept in window.__sent, each with the index of its socket
+# as __socket.
+_FAKE_SOCKET = """
+(() => {
+    window.__sent = [];
+    window.__sockets = [];
+    window.__socket = () => window.__sockets[window.__sockets.length - 1];
+    class FakeSocket {
+        static CONNECTING = 0;
+        static OPEN = 1;
+        static CLOSING = 2;
+        static CLOSED = 3;
+        constructor(url, protocols) {
+            this.url = url;
+            this.protocol = 'voicebridge';
+            this.readyState = 0;
+            this.bufferedAmount = 0;
+            this.binaryType = 'blob';
+            this.onopen = this.onmessage = this.onerror = this.onclose = null;
+            this.index = window.__sockets.push(this) - 1;
+        }
+        open() {
+            this.readyState = 1;
+            if (this.onopen) this.onopen({});
+        }
+        text(msg) {
+            if (this.onmessage) this.onmessage({ data: JSON.stringify(msg) });
+        }
+        audio(ms) {
+            // 20 ms frames of quiet noise, as the server sends them.
+            for (let left = ms; left > 0; left -= 20) {
+                const pcm = new Int16Array(24 * Math.min(20, left));
+                for (let i = 0; i < pcm.length; i++) pcm[i] = (i % 7) - 3;
+                if (this.onmessage) this.onmessage({ data: pcm.buffer });
+            }
+        }
+        close(code) {
+            const wasOpen = this.readyState <= 1;
+            this.readyState = 3;
+            if (wasOpen && this.onclose) this.onclose({ code, reason: '' });
+        }
+        send(data) {
+            if (typeof data === 'string') {
+                window.__sent.push({ ...JSON.parse(data), __socket: this.index });
+            }
+        }
+    }
+    window.WebSocket = FakeSocket;
+})();
+"""
+
+
+async def _fake_session(page: Any) -> None:
+    """Start the page's client on a fresh fake socket and open it."""
+    await page.evaluate("() => { window.__sent.length = 0; }")
+    count = await page.evaluate("() => window.__sockets.length")
+    await page.evaluate("() => window.voicebridge.client.start()")
+    await _wait(page, "(n) => window.__sockets.length > n", "a socket", arg=count)
+    await page.evaluate(
+        """() => {
+            const ws = window.__socket();
+            ws.open();
+            ws.text({ type: 'session_started', session_id: 'fake-session', backend: 'emulator' });
+        }"""
+    )
+    await _wait(page, "() => window.voicebridge.client.state === 'open'", "an open session")
+
+
+async def _played(page: Any) -> dict[str, list[int]]:
+    """played_ms of every playback report, by response id ("" for none), in order."""
+    played: dict[str, list[int]] = await page.evaluate(
+        """() => {
+            const out = {};
+            for (const m of window.__sent) {
+                if (m.type !== 'playback') continue;
+                (out[m.response_id ?? ''] ??= []).push(m.played_ms);
+            }
+            return out;
+        }"""
+    )
+    return played
+
+
+async def test_playback_reports_per_announced_response(
+    server: ServerProcess, silence_wav: Path
+) -> None:
+    """Each response's audio is counted under the id audio_start announced: two responses
+    queued back to back each report their own whole length, a cleared one keeps what was
+    heard, and audio after clear_audio counts for no response."""
+    async with _page(silence_wav, server.url) as page:
+        await page.add_init_script(_FAKE_SOCKET)
+        await page.goto("/")
+        await _fake_session(page)
+        await page.evaluate(
+            """() => {
+                const ws = window.__socket();
+                ws.text({ type: 'status', status: 'agent_speaking' });
+                ws.text({ type: 'audio_start', response_id: 'resp-a' });
+                ws.audio(600);
+                ws.text({ type: 'audio_start', response_id: 'resp-b' });
+                ws.audio(400);
+            }"""
+        )
+        await _wait(
+            page,
+            """() => window.__sent.some(
+                (m) => m.type === 'playback' && m.response_id === 'resp-b' && m.played_ms === 400
+            )""",
+            "resp-b played out",
+        )
+        played = await _played(page)
+        assert set(played) == {"resp-a", "resp-b"}, played
+        assert max(played["resp-a"]) == 600, played
+        assert max(played["resp-b"]) == 400, played
+        for values in played.values():
+            assert values == sorted(values), played
+
+        # A response cut short: what was heard by the clear stays its count.
+        await page.evaluate(
+            """() => {
+                const ws = window.__socket();
+                ws.text({ type: 'audio_start', response_id: 'resp-c' });
+                ws.audio(3000);
+            }"""
+        )
+        await _wait(
+            page,
+            """() => window.__sent.some(
+                (m) => m.type === 'playback' && m.response_id === 'resp-c' && m.played_ms >= 300
+            )""",
+            "part of resp-c played",
+        )
+        await page.evaluate(
+            """() => {
+                const ws = window.__socket();
+                ws.text({ type: 'clear_audio' });
+                // The player was not playing after the clear, so its next "drained" is the
+                // end of this audio, which belongs to no response (no audio_start since).
+                window.__drained = false;
+                window.voicebridge.client.addEventListener('playback', (e) => {
+                    if (e.detail.event === 'drained') window.__drained = true;
+                });
+                ws.audio(400);
+            }"""
+        )
+        await _wait(page, "() => window.__drained", "the audio after the clear to play out")
+        played = await _played(page)
+        assert set(played) == {"resp-a", "resp-b", "resp-c"}, played
+        assert 300 <= max(played["resp-c"]) < 3000, played
+        assert played["resp-c"] == sorted(played["resp-c"]), played
+        assert max(played["resp-a"]) == 600 and max(played["resp-b"]) == 400, played
+        await page.evaluate("() => window.voicebridge.client.stop()")
+
+
+async def test_playback_reports_without_audio_start(
+    server: ServerProcess, silence_wav: Path
+) -> None:
+    """From a server that sends no audio_start, reports carry no response_id and count
+    the response begun by the first audio after agent_speaking."""
+    async with _page(silence_wav, server.url) as page:
+        await page.add_init_script(_FAKE_SOCKET)
+        await page.goto("/")
+        await _fake_session(page)
+        await page.evaluate(
+            """() => {
+                const ws = window.__socket();
+                ws.audio(200); // before agent_speaking: part of no response
+                ws.text({ type: 'status', status: 'agent_speaking' });
+                ws.audio(500);
+            }"""
+        )
+        await _wait(
+            page,
+            """() => window.__sent.some((m) => m.type === 'playback' && m.played_ms === 500)""",
+            "the response played out",
+        )
+        played = await _played(page)
+        assert set(played) == {""}, played
+        assert max(played[""]) == 500, played
+        assert all("response_id" not in m for m in await page.evaluate("() => window.__sent"))
+        await page.evaluate("() => window.voicebridge.client.stop()")
+
+
+async def test_playback_reports_after_a_reconnect_name_only_new_responses(
+    server: ServerProcess, silence_wav: Path
+) -> None:
+    """After a reconnect, reports name only responses announced on the new socket, never
+    one the previous socket announced."""
+    async with _page(silence_wav, server.url) as page:
+        await page.add_init_script(_FAKE_SOCKET)
+        await page.goto("/")
+        await _fake_session(page)
+        await page.evaluate(
+            """() => {
+                const ws = window.__socket();
+                ws.text({ type: 'audio_start', response_id: 'old-resp' });
+                ws.audio(300);
+            }"""
+        )
+        await _wait(
+            page,
+            """() => window.__sent.some(
+                (m) => m.response_id === 'old-resp' && m.played_ms === 300
+            )""",
+            "old-resp played out",
+        )
+        await page.evaluate("() => window.__socket().close(1006)")
+        await _wait(page, "() => window.__sockets.length === 2", "the page to reconnect")
+        await page.evaluate(
+            """() => {
+                const ws = window.__socket();
+                ws.open();
+                ws.text({ type: 'session_started', session_id: 'second', backend: 'emulator' });
+                ws.text({ type: 'audio_start', response_id: 'new-resp' });
+                ws.audio(300);
+            }"""
+        )
+        await _wait(
+            page,
+            """() => window.__sent.some(
+                (m) => m.response_id === 'new-resp' && m.played_ms === 300
+            )""",
+            "new-resp played out",
+        )
+        sent = await page.evaluate("() => window.__sent")
+        await page.evaluate("() => window.voicebridge.client.stop()")
+    named = {(m["__socket"], m["response_id"]) for m in sent if m["type"] == "playback"}
+    assert named == {(0, "old-resp"), (1, "new-resp")}, named
+
+
+# (messages before the close, close code, the client's state after it)
+RECONNECT_CASES = [
+    ([{"type": "error", "code": "slow_consumer", "message": "too slow"}], 1013, "reconnecting"),
+    ([{"type": "error", "code": "at_capacity", "message": "full"}], 1013, "reconnecting"),
+    ([{"type": "error", "code": "rate_limited", "message": "too fast"}], 1008, "failed"),
+    # rate_limited for one typed message does not end the session; a later drop retries.
+    ([{"type": "error", "code": "rate_limited", "message": "too fast"}], 1006, "reconnecting"),
+    ([{"type": "error", "code": "frame_too_large", "message": "big"}], 1009, "failed"),
+    ([{"type": "error", "code": "upstream_closed", "message": "gone"}], 1011, "reconnecting"),
+    ([{"type": "status", "status": "ended", "code": "ended_by_admin"}], 1000, "stopped"),
+    ([{"type": "status", "status": "ended", "code": "idle_timeout"}], 1006, "stopped"),
+    ([{"type": "status", "status": "ended", "code": "server_shutdown"}], 1001, "reconnecting"),
+    ([], 1000, "stopped"),
+    ([], 1001, "reconnecting"),
+    ([], 1006, "reconnecting"),
+    ([], 1008, "failed"),
+    ([], 1009, "failed"),
+    ([], 1011, "reconnecting"),
+    ([], 1013, "reconnecting"),
+]
+
+
+async def test_reconnect_follows_the_error_table(server: ServerProcess, silence_wav: Path) -> None:
+    """Whether the page reconnects after the server closes is decided by the last code it
+    received (static/js/errors.js) where that code ends sessions, else by the close code."""
+    async with _page(silence_wav, server.url) as page:
+        await page.add_init_script(_FAKE_SOCKET)
+        await page.goto("/")
+        outcomes = []
+        for messages, close, _ in RECONNECT_CASES:
+            await _fake_session(page)
+            await page.evaluate(
+                """([messages, close]) => {
+                    const ws = window.__socket();
+                    for (const m of messages) ws.text(m);
+                    ws.close(close);
+                }""",
+                [messages, close],
+            )
+            await _wait(
+                page,
+                """() => ['reconnecting', 'failed', 'stopped'].includes(
+                    window.voicebridge.client.state
+                )""",
+                f"the page to react to close {close} after {messages}",
+            )
+            outcomes.append(await page.evaluate("() => window.voicebridge.client.state"))
+            await page.evaluate("() => window.voicebridge.client.stop()")
+            await _wait(
+                page,
+                "() => window.voicebridge.client.state === 'stopped'",
+                "the client to stop",
+            )
+    assert outcomes == [want for _, _, want in RECONNECT_CASES]

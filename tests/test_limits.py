@@ -285,7 +285,7 @@ async def test_drain_returns_as_soon_as_its_session_ends(
     await voice.ws.send_json({"type": "text", "text": "Tell me a long story please."})
     await voice.until(lambda e: e[0] == "audio")
     session = next(iter(state.sessions.values()))
-    assert session.response_active
+    assert session.turns.response_active
     drain = asyncio.create_task(session.drain(60.0))
     await voice.until_type("status", status="shutting_down")
     await voice.ws.close()

@@ -1,9 +1,13 @@
-"""Tests of the load generator's own bookkeeping: lost, reordered and duplicated frames."""
+"""Tests of the load generator (frame bookkeeping, permessage-deflate) and the benchmark page."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
+import subprocess
+import sys
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -11,38 +15,77 @@ import orjson
 import pytest
 from aiohttp import WSMsgType, web
 
+from tests.conftest import ROOT
 from voicebridge import bench, loadtest
+from voicebridge.emulator import EmulatorOptions, start_emulator
 from voicebridge.loadtest import HEADER, LoadTestConfig, TargetError
+from voicebridge.loadtest.deflate import TAIL, Codec, DeflateError, parse_answer
 
 DROP_SEQ = 5
 SWAP_SEQS = (10, 11)
 DUP_SEQ = 15
+FRAME_BYTES = 960  # 20 ms of PCM16 at 24 kHz
+READY = '{"type": "session_started", "session_id": "t"}'
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Serve = Callable[[Handler], Awaitable[str]]
 
 
-def _faulty_echo(ready_message: dict[str, str]) -> Handler:
+@pytest.fixture
+async def serve() -> AsyncIterator[Serve]:
+    """Start ``handler`` as /ws/voice of an aiohttp app on a free loopback port; its URL."""
+    runners: list[web.AppRunner] = []
+
+    async def start(handler: Handler) -> str:
+        app = web.Application()
+        app.router.add_get("/ws/voice", handler)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        runners.append(runner)
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        return f"ws://127.0.0.1:{runner.addresses[0][1]}/ws/voice"
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()
+
+
+async def _faulty_echo(request: web.Request) -> web.StreamResponse:
     """A /ws/voice-shaped echo that drops one frame, swaps two and duplicates one."""
+    ws = web.WebSocketResponse()
+    await ws.prepare(request)
+    await ws.send_str(READY)
+    await ws.send_str('{"type": "status", "status": "listening"}')
+    held: bytes | None = None
+    async for msg in ws:
+        if msg.type is not WSMsgType.BINARY:
+            continue
+        seq = HEADER.unpack_from(msg.data)[3]
+        if seq == DROP_SEQ:
+            continue
+        if seq == SWAP_SEQS[0]:
+            held = msg.data
+            continue
+        await ws.send_bytes(msg.data)
+        if seq == SWAP_SEQS[1] and held is not None:
+            await ws.send_bytes(held)
+        if seq == DUP_SEQ:
+            await ws.send_bytes(msg.data)
+    return ws
+
+
+def _checking_echo(compress: bool, extensions: str | None = None) -> Handler:
+    """A /ws/voice-shaped echo (deflate per ``compress``) that returns only intact frames."""
+    body = loadtest.make_body(FRAME_BYTES)
 
     async def handler(request: web.Request) -> web.StreamResponse:
-        ws = web.WebSocketResponse()
+        ws = web.WebSocketResponse(compress=compress)
+        if extensions is not None:
+            ws.headers["Sec-WebSocket-Extensions"] = extensions
         await ws.prepare(request)
-        await ws.send_str(orjson.dumps(ready_message).decode())
-        await ws.send_str('{"type": "status", "status": "listening"}')
-        held: bytes | None = None
+        await ws.send_str(READY)
         async for msg in ws:
-            if msg.type is not WSMsgType.BINARY:
-                continue
-            seq = HEADER.unpack_from(msg.data)[3]
-            if seq == DROP_SEQ:
-                continue
-            if seq == SWAP_SEQS[0]:
-                held = msg.data
-                continue
-            await ws.send_bytes(msg.data)
-            if seq == SWAP_SEQS[1] and held is not None:
-                await ws.send_bytes(held)
-            if seq == DUP_SEQ:
+            if msg.type is WSMsgType.BINARY and msg.data[HEADER.size :] == body:
                 await ws.send_bytes(msg.data)
         return ws
 
@@ -50,18 +93,8 @@ def _faulty_echo(ready_message: dict[str, str]) -> Handler:
 
 
 @pytest.fixture
-async def faulty_server() -> AsyncIterator[str]:
-    app = web.Application()
-    app.router.add_get("/ws/voice", _faulty_echo({"type": "session_started", "session_id": "t"}))
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        yield f"ws://127.0.0.1:{port}/ws/voice"
-    finally:
-        await runner.cleanup()
+async def faulty_server(serve: Serve) -> str:
+    return await serve(_faulty_echo)
 
 
 async def test_counts_lost_reordered_and_duplicated_frames(faulty_server: str) -> None:
@@ -121,6 +154,98 @@ async def test_connect_failures_are_counted_not_raised(unused_tcp_port: int) -> 
     assert report.rtt_p50_ms is None
 
 
+@pytest.mark.parametrize("compress", [True, False])
+async def test_offered_deflate_is_spoken_when_the_server_accepts_it(
+    serve: Serve, compress: bool
+) -> None:
+    """Every frame round-trips intact; it is compressed both ways only if the server accepted."""
+    url = await serve(_checking_echo(compress))
+    config = LoadTestConfig(
+        url=url, sessions=2, seconds=1.0, drain=1.0, offer_deflate=True, progress=False
+    )
+    report = await loadtest.run(config)
+    assert report.sessions_held == 2
+    assert report.frames_sent > 0
+    assert report.frames_received == report.frames_sent
+    assert report.frames_foreign == 0
+    assert report.sessions_deflate == (2 if compress else 0)
+    assert f"accepted in {report.sessions_deflate} of 2 sessions" in loadtest.format_report(report)
+    sent_per_frame = report.wire_bytes_sent / report.frames_sent
+    received_per_frame = report.wire_bytes_received / report.frames_received
+    if compress:
+        assert sent_per_frame < FRAME_BYTES / 4
+        assert received_per_frame < FRAME_BYTES / 4
+    else:
+        assert sent_per_frame > FRAME_BYTES
+        assert received_per_frame > FRAME_BYTES
+
+
+async def test_a_deflate_answer_zlib_cannot_honour_fails_the_session(serve: Serve) -> None:
+    """A server demanding an 8-bit window (zlib cannot write one) fails the session at once."""
+    url = await serve(_checking_echo(False, "permessage-deflate; client_max_window_bits=8"))
+    config = LoadTestConfig(url=url, sessions=1, seconds=0.5, offer_deflate=True, progress=False)
+    report = await loadtest.run(config)
+    assert report.sessions_held == 0
+    assert report.failures == {"bad extension answer": 1}
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "permessage-deflate; client_max_window_bits=8",
+        "permessage-deflate; server_max_window_bits=16",
+        "permessage-deflate; client_no_context_takeover=1",
+        "permessage-deflate; server_no_context_takeover; server_no_context_takeover",
+        "permessage-deflate; x-unknown",
+        "permessage-deflate, permessage-deflate",
+        "x-webkit-deflate-frame",
+    ],
+)
+def test_answers_rfc_7692_rules_out_are_refused(answer: str) -> None:
+    """Unknown, repeated or out-of-range parameters and unoffered extensions are refused."""
+    with pytest.raises(DeflateError):
+        parse_answer(answer)
+
+
+@pytest.mark.parametrize("takeover", [True, False])
+def test_client_no_context_takeover_compresses_each_message_alone(takeover: bool) -> None:
+    """Without the parameter a repeated message refers back to the first; with it, it cannot."""
+    answer = "permessage-deflate" + ("" if takeover else "; client_no_context_takeover")
+    params = parse_answer(answer)
+    assert params is not None
+    codec = Codec(params)
+    message = loadtest.make_body(FRAME_BYTES)
+    first, second = codec.compress(message), codec.compress(message)
+    inflate = zlib.decompressobj(wbits=-15)  # the server's side, which keeps its window
+    assert inflate.decompress(first + TAIL) == message
+    assert inflate.decompress(second + TAIL) == message
+    if takeover:
+        assert len(second) < len(first) / 4
+    else:
+        assert second == first
+
+
+@pytest.mark.parametrize("takeover", [True, False])
+def test_server_messages_are_inflated_with_or_without_its_context(takeover: bool) -> None:
+    """What the server deflates comes back byte for byte, also when each message stands alone."""
+    answer = "permessage-deflate" + ("" if takeover else "; server_no_context_takeover")
+    params = parse_answer(answer)
+    assert params is not None
+    codec = Codec(params)
+    server = zlib.compressobj(wbits=-15)
+    for n in range(3):
+        message = loadtest.make_body(FRAME_BYTES) + bytes([n])
+        if takeover:
+            payload = (server.compress(message) + server.flush(zlib.Z_SYNC_FLUSH)).removesuffix(
+                TAIL
+            )
+        else:
+            # A fresh stream per message, ended with BFINAL (RFC 7692 section 7.2.3.3).
+            alone = zlib.compressobj(wbits=-15)
+            payload = alone.compress(message) + alone.flush(zlib.Z_FINISH)
+        assert codec.decompress(payload) == message
+
+
 def test_only_loopback_targets_are_accepted() -> None:
     """A target outside 127.0.0.0/8, ::1 and localhost is refused."""
     for url in ("ws://10.0.0.1:8000/ws/voice", "ws://example.com/ws/voice", "http://127.0.0.1/"):
@@ -139,17 +264,34 @@ def test_cli_rejects_bad_input_with_exit_code_2(capsys: pytest.CaptureFixture[st
     assert "loopback" in capsys.readouterr().err
 
 
+async def test_module_entry_point_prints_one_json_report(serve: Serve) -> None:
+    """``python -m voicebridge.loadtest --json``, as the bench runs it, prints the report."""
+    url = await serve(_checking_echo(True))
+    proc = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "voicebridge.loadtest", "--url", url, "--seconds", "0.5"],
+        *["--offer-deflate", "--json", "--quiet"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    report = orjson.loads(out)
+    assert report["sessions_held"] == 1
+    assert report["sessions_deflate"] == 1
+    assert report["frames_lost"] == 0
+    assert b"permessage-deflate  offered, accepted in 1 of 1 sessions" in err
+
+
 def test_frame_is_exactly_frame_ms_of_audio() -> None:
     """A 20 ms chunk is 960 bytes of PCM16 at 24 kHz, header included."""
     config = LoadTestConfig(url="ws://127.0.0.1:1/", sessions=1, seconds=1.0)
-    assert config.frame_bytes == 960
-    assert len(loadtest.make_body(config.frame_bytes)) + HEADER.size == 960
+    assert config.frame_bytes == FRAME_BYTES
+    assert len(loadtest.make_body(config.frame_bytes)) + HEADER.size == FRAME_BYTES
 
 
 async def test_direct_mode_against_the_mirror_emulator_loses_nothing() -> None:
     """Straight to the emulator in mirror mode every appended frame comes back once, in order."""
-    from voicebridge.emulator import EmulatorOptions, start_emulator
-
     emulator = await start_emulator(
         EmulatorOptions(api_key="bench-key", mirror=True, realtime=False), "127.0.0.1", 0
     )
@@ -178,8 +320,6 @@ async def test_direct_mode_against_the_mirror_emulator_loses_nothing() -> None:
 
 async def test_direct_mode_with_a_wrong_key_counts_a_failed_session() -> None:
     """A rejected api-key is a failed session with the handshake status, not a crash."""
-    from voicebridge.emulator import EmulatorOptions, start_emulator
-
     emulator = await start_emulator(EmulatorOptions(api_key="right", mirror=True), "127.0.0.1", 0)
     try:
         config = LoadTestConfig(
@@ -193,7 +333,10 @@ async def test_direct_mode_with_a_wrong_key_counts_a_failed_session() -> None:
     assert list(report.failures) == ["handshake 401"]
 
 
-def _bench_run(mode: str, sessions: int, **fields: object) -> bench.Run:
+BASELINE = "bridge (baseline abc1234)"
+
+
+def _bench_run(path: str, sessions: int, **fields: object) -> bench.Run:
     report: dict[str, object] = {
         "sessions_held": sessions,
         "sessions_failed": 0,
@@ -211,18 +354,23 @@ def _bench_run(mode: str, sessions: int, **fields: object) -> bench.Run:
         "send_lag_p99_ms": 0.5,
         "server_cpu_pct_per_session": 0.2,
         "server_rss_per_session_bytes": 100_000.0,
+        "deflate_offered": path.endswith(bench.DEFLATE_OFFERED),
+        "sessions_deflate": sessions if path.endswith(bench.DEFLATE_OFFERED) else 0,
     }
     report.update(fields)
-    return bench.Run(mode=mode, sessions=sessions, report=report, other_cores=0.0)
+    return bench.Run(path=path, sessions=sessions, report=report, other_cores=0.0)
 
 
-def test_bench_judges_each_target_from_the_runs() -> None:
-    """Added p99 is bridge minus direct at 50; loss, CPU and RSS are read from bridge runs."""
+def test_bench_judges_each_target_from_this_trees_bridge() -> None:
+    """Targets read this tree's plain bridge rows; the deflate and baseline rows are not judged."""
     runs = [
         _bench_run("direct", 50, rtt_p99_ms=3.0),
-        _bench_run("bridge", 50, rtt_p99_ms=9.5, server_cpu_pct_per_session=0.25),
+        _bench_run(bench.THIS_TREE, 50, rtt_p99_ms=9.5, server_cpu_pct_per_session=0.25),
+        _bench_run(bench.THIS_TREE + bench.DEFLATE_OFFERED, 50, server_cpu_pct_per_session=9.0),
+        _bench_run(BASELINE, 50, rtt_p99_ms=3.0),
         _bench_run("direct", 200),
-        _bench_run("bridge", 200, frames_lost=3, server_rss_per_session_bytes=200_000.0),
+        _bench_run(bench.THIS_TREE, 200, frames_lost=3, server_rss_per_session_bytes=200_000.0),
+        _bench_run(BASELINE, 200, server_rss_per_session_bytes=900_000.0),
     ]
     verdicts = {target: (measured, verdict) for target, measured, verdict in bench.targets(runs)}
     lost, added, cpu, rss = verdicts.values()
@@ -230,8 +378,46 @@ def test_bench_judges_each_target_from_the_runs() -> None:
     assert added == ("6.50 ms", "**not met**")
     assert cpu == ("0.250% at 50, 0.200% at 200", "**met**")
     assert rss == ("200.0 kB at 200", "**met**")
+
+
+def test_bench_page_sets_each_bridge_beside_direct() -> None:
+    """Every bridge row is labelled, says whether deflate was accepted, and gets its added cost."""
+    runs = [
+        _bench_run("direct", 50, rtt_p99_ms=3.0),
+        _bench_run(bench.THIS_TREE, 50, rtt_p99_ms=9.5),
+        _bench_run(bench.THIS_TREE + bench.DEFLATE_OFFERED, 50, rtt_p99_ms=12.0),
+        _bench_run(BASELINE, 50, rtt_p99_ms=4.0),
+    ]
     config = bench.BenchConfig(
-        sessions=(50, 200), seconds=20.0, ramp=2.0, frame_ms=20, out=Path("results.md")
+        sessions=(50,),
+        seconds=20.0,
+        ramp=2.0,
+        frame_ms=20,
+        out=Path("results.md"),
+        baseline=Path("/tmp/vb-base"),
     )
     page = bench.render(config, {"cpu": "test"}, runs)
-    assert "| 50 | 0.00 | 0.00 | 6.50 |" in page
+    assert "--baseline-src /tmp/vb-base" in page
+    assert "| bridge (this tree) | 50 | - | 50 |" in page
+    assert "| bridge (this tree), deflate offered | 50 | 50 of 50 | 50 |" in page
+    assert "| bridge (this tree) | 50 | 0.00 | 0.00 | 6.50 |" in page
+    assert "| bridge (this tree), deflate offered | 50 | 0.00 | 0.00 | 9.00 |" in page
+    assert f"| {BASELINE} | 50 | 0.00 | 0.00 | 1.00 |" in page
+
+
+def test_baseline_must_be_a_checkout_python_imports_the_bridge_from(tmp_path: Path) -> None:
+    """A directory without the package is refused; a checkout is labelled with its commit."""
+    with pytest.raises(bench.BenchError, match="imported from"):
+        bench.baseline_bridge(tmp_path)
+    (tmp_path / "voicebridge").mkdir()
+    (tmp_path / "voicebridge" / "__init__.py").write_text("")
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "baseline"], check=True)
+    commit = subprocess.run(
+        [*git, "rev-parse", "--short", "HEAD"], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    bridge = bench.baseline_bridge(tmp_path)
+    assert bridge.label == f"bridge (baseline {commit})"
+    assert bridge.src == tmp_path.resolve()

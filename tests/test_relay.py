@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -15,6 +16,7 @@ from tests.speech import make_speech_pcm
 from tests.voice_client import is_msg, open_voice, silence, started, tone
 from voicebridge.app import STATE
 from voicebridge.emulator import RunningEmulator
+from voicebridge.relay import Session
 
 
 @pytest.fixture(scope="module")
@@ -373,3 +375,25 @@ async def test_speaking_before_the_agent_makes_a_sound(
     assert emu.event_count("conversation.item.truncated") == 0
     assert emu.event_count("conversation.item.deleted") == 0
     assert voice.messages("error") == []
+
+
+class _BuggySession(Session):
+    """A relay whose handling of response.created has a bug (a stand-in for any bug)."""
+
+    async def _on_response_created(self, event: Any) -> None:
+        raise ValueError("a bug in the relay, not a bad frame")
+
+
+async def test_bug_in_event_handling_ends_the_session_as_internal_error(
+    start_emu: StartEmulator, make_client: MakeClient
+) -> None:
+    """A relay bug is not mistaken for a bad upstream frame: internal_error, close 1011."""
+    emu = await start_emu()
+    client = await make_client(relay_settings(emu))
+    client.app[STATE].session_class = _BuggySession
+    voice = await started(client)
+    await voice.ws.send_json({"type": "text", "text": "Hello?"})
+    error = await voice.until_type("error")
+    assert error["code"] == "internal_error"
+    assert await voice.until_closed() == 1011
+    await no_sessions_left(client.app, emu)

@@ -60,12 +60,12 @@ BARGE_IN_RULES = [
     ),
     pytest.param(
         [{"id": "a", "queued_ms": 0, "active": True}],
-        BargeIn(mute=("a",), cancel=True),
+        BargeIn(mute=("a",), cancel="a"),
         id="response generating, no audio yet: cancel, no clear, nothing to truncate",
     ),
     pytest.param(
         [{"id": "a", "queued_ms": 5000, "written_ms": 5000, "first_at": 8.0, "active": True}],
-        BargeIn(mute=("a",), clear_client=True, cancel=True, truncate=(("item-a", 2000),)),
+        BargeIn(mute=("a",), clear_client=True, cancel="a", truncate=(("item-a", 2000),)),
         id="speaking: clear, cancel, truncate at the wall-clock position",
     ),
     pytest.param(
@@ -75,12 +75,12 @@ BARGE_IN_RULES = [
     ),
     pytest.param(
         [{"id": "a", "queued_ms": 4000, "written_ms": 0, "active": True}],
-        BargeIn(mute=("a",), clear_client=True, cancel=True, delete=("item-a",)),
+        BargeIn(mute=("a",), clear_client=True, cancel="a", delete=("item-a",)),
         id="audio queued but none written: delete the item (a 0 ms truncate is rejected)",
     ),
     pytest.param(
         [{"id": "a", "queued_ms": 5000, "written_ms": 1500, "first_at": 0.0, "active": True}],
-        BargeIn(mute=("a",), clear_client=True, cancel=True, truncate=(("item-a", 1500),)),
+        BargeIn(mute=("a",), clear_client=True, cancel="a", truncate=(("item-a", 1500),)),
         id="truncation never beyond what was written",
     ),
     pytest.param(
@@ -94,7 +94,7 @@ BARGE_IN_RULES = [
                 "active": True,
             }
         ],
-        BargeIn(mute=("a",), clear_client=True, cancel=True, truncate=(("item-a", 700),)),
+        BargeIn(mute=("a",), clear_client=True, cancel="a", truncate=(("item-a", 700),)),
         id="the client's playback report beats the wall clock",
     ),
     pytest.param(
@@ -105,7 +105,7 @@ BARGE_IN_RULES = [
         BargeIn(
             mute=("a", "b"),
             clear_client=True,
-            cancel=True,
+            cancel="b",
             truncate=(("item-a", 5000),),
             delete=("item-b",),
         ),

@@ -3,13 +3,17 @@
 It starts the Voice Live emulator in mirror mode (every appended frame comes straight back as
 one audio delta) and the voicebridge server pointed at it as if it were Azure, each as its own
 process on a free loopback port, then runs the load generator (``voicebridge.loadtest``, also
-its own process) at each session count twice: straight to the emulator, and through the
-bridge. The difference is what the bridge adds. A fresh server is started for every bridge
-run, so its CPU and memory figures belong to that run alone. Results go to a Markdown file
-(``bench/results.md``) with the machine they were measured on, and the raw reports to JSON
-beside it. Every process it started is stopped when it ends, on error and on Ctrl-C too.
+its own process) at each session count: straight to the emulator, through the bridge, and
+through the bridge with clients that offer permessage-deflate as browsers do. The difference
+from the direct run is what the bridge adds. With ``--baseline-src DIR`` the bridge of another
+source checkout (say ``git worktree add /tmp/vb-base <commit>``) is measured the same way, so
+the current relay and an earlier one sit side by side. A fresh server is started for every
+bridge run, so its CPU and memory figures belong to that run alone. Results go to a Markdown
+file (``bench/results.md``) with the machine they were measured on, and the raw reports to
+JSON beside it. Every process it started is stopped when it ends, on error and on Ctrl-C too.
 
     python -m voicebridge.bench [--sessions 1,50,200] [--seconds 20] [--out bench/results.md]
+                                [--baseline-src DIR]
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
 import resource
 import signal
 import socket
@@ -47,6 +52,10 @@ DRAIN_S = 2.0
 WARMUP_SESSIONS = 2
 WARMUP_SECONDS = 1.0
 QUIET_CORES = 0.25
+
+DIRECT = "direct"
+THIS_TREE = "bridge (this tree)"
+DEFLATE_OFFERED = ", deflate offered"
 
 # Targets on the reference machine (2 cores).
 TARGET_LOST_AT = 200
@@ -111,13 +120,22 @@ class BenchConfig:
     frame_ms: int
     out: Path
     quiet_wait: float = 0.0
+    baseline: Path | None = None
+
+
+@attrs.frozen
+class Bridge:
+    """A bridge to measure: this tree's, or the one in another source checkout."""
+
+    label: str
+    src: Path | None = None  # the checkout its server runs from; None: this tree
 
 
 @attrs.frozen
 class Run:
     """One measured load-test run and the CPU that processes outside the bench used meanwhile."""
 
-    mode: str
+    path: str  # the row's label: DIRECT, THIS_TREE, a baseline, each maybe + DEFLATE_OFFERED
     sessions: int
     report: dict[str, Any]
     other_cores: float
@@ -136,6 +154,7 @@ class _Procs:
         argv: Sequence[str],
         env: Mapping[str, str],
         stdout: Path | None = None,
+        cwd: Path | None = None,
     ) -> subprocess.Popen[bytes]:
         log = (self.logdir / f"{name}.log").open("ab")
         out = stdout.open("wb") if stdout is not None else None
@@ -143,6 +162,7 @@ class _Procs:
             proc = subprocess.Popen(
                 list(argv),
                 env=dict(env),
+                cwd=cwd,
                 stdin=subprocess.DEVNULL,
                 stdout=out if out is not None else log,
                 stderr=log,
@@ -246,9 +266,43 @@ def start_emulator(procs: _Procs, port: int) -> subprocess.Popen[bytes]:
     return proc
 
 
-def start_server(procs: _Procs, port: int, emulator_port: int) -> subprocess.Popen[bytes]:
-    """The server on ``port``, its Azure settings pointing at the emulator; /health is 200."""
-    env = {k: v for k, v in os.environ.items() if k not in _SERVER_SETTINGS}
+def _source_env(src: Path | None) -> dict[str, str]:
+    """This environment, with ``src`` (if any) first on the import path."""
+    env = dict(os.environ)
+    if src is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src), env.get("PYTHONPATH")]))
+    return env
+
+
+def baseline_bridge(src: Path) -> Bridge:
+    """The bridge in checkout ``src``, labelled with its commit; refused if Python run there
+    would import voicebridge from anywhere else (this tree's editable install, say)."""
+    src = src.resolve()
+    found = "nowhere"
+    if src.is_dir():
+        probe = subprocess.run(
+            [sys.executable, "-c", "import voicebridge; print(voicebridge.__file__)"],
+            cwd=src,
+            env=_source_env(src),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        found = probe.stdout.strip() or "nowhere"
+    if not Path(found).resolve().is_relative_to(src):
+        raise BenchError(f"--baseline-src {src}: voicebridge is imported from {found} there")
+    return Bridge(label=f"bridge (baseline {_commit(src) or src.name})", src=src)
+
+
+def start_server(
+    procs: _Procs, port: int, emulator_port: int, src: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """The server on ``port``, its Azure settings pointing at the emulator; /health is 200.
+
+    With ``src`` it is the server of that source checkout, run there with the same Python.
+    """
+    env = {k: v for k, v in _source_env(src).items() if k not in _SERVER_SETTINGS}
     env.update(
         APP_HOST=HOST,
         APP_PORT=str(port),
@@ -261,8 +315,9 @@ def start_server(procs: _Procs, port: int, emulator_port: int) -> subprocess.Pop
     )
     no_env_file = procs.logdir / "none.env"  # never created, so no .env is read
     argv = [sys.executable, "-m", "voicebridge", "serve", "--env-file", str(no_env_file)]
-    proc = procs.start("server", argv, env)
-    _wait_until(lambda: _healthy(port), proc, procs, "server", READY_TIMEOUT_S)
+    name = "server" if src is None else "baseline-server"
+    proc = procs.start(name, argv, env, cwd=src)
+    _wait_until(lambda: _healthy(port), proc, procs, name, READY_TIMEOUT_S)
     return proc
 
 
@@ -314,7 +369,7 @@ def run_loadtest(
     procs: _Procs,
     cfg: BenchConfig,
     *,
-    mode: str,
+    path: str,
     sessions: int,
     target: str,
     measured: subprocess.Popen[bytes],
@@ -327,11 +382,13 @@ def run_loadtest(
     argv = [sys.executable, "-m", "voicebridge.loadtest", "--sessions", str(sessions)]
     argv += ["--seconds", f"{secs:g}", "--ramp", f"{ramp:g}", "--frame-ms", str(cfg.frame_ms)]
     argv += ["--drain", f"{DRAIN_S:g}", "--json", "--quiet", "--server-pid", str(measured.pid)]
-    if mode == "direct":
+    if path == DIRECT:
         argv += ["--direct", target, "--api-key", API_KEY]
     else:
         argv += ["--url", target]
-    name = f"loadtest-{mode}-{sessions}"
+    if path.endswith(DEFLATE_OFFERED):
+        argv.append("--offer-deflate")
+    name = f"loadtest-{re.sub(r'[^a-z0-9]+', '-', path.lower()).strip('-')}-{sessions}"
     out_path = procs.logdir / f"{name}.json"
     ours = [measured, *others]
     busy0, ours0, kids0 = _busy_seconds(), sum(map(_cpu_seconds, ours)), _children_cpu()
@@ -350,10 +407,49 @@ def run_loadtest(
     if not text:
         raise BenchError(f"{name} exited {proc.returncode} with no report:\n{procs.log_tail(name)}")
     report: dict[str, Any] = json.loads(text.splitlines()[-1])
-    return Run(mode=mode, sessions=sessions, report=report, other_cores=max(busy - mine, 0) / wall)
+    return Run(path=path, sessions=sessions, report=report, other_cores=max(busy - mine, 0) / wall)
 
 
-def run_bench(cfg: BenchConfig, log: TextIO = sys.stderr) -> list[Run]:
+def measure_bridge(
+    procs: _Procs,
+    cfg: BenchConfig,
+    bridge: Bridge,
+    sessions: int,
+    *,
+    emulator: subprocess.Popen[bytes],
+    emulator_port: int,
+    offer_deflate: bool,
+    log: TextIO,
+) -> Run:
+    """One run through ``bridge``, on a server started for it alone."""
+    path = bridge.label + (DEFLATE_OFFERED if offer_deflate else "")
+    port = free_port()
+    server = start_server(procs, port, emulator_port, bridge.src)
+    url = f"ws://{HOST}:{port}/ws/voice"
+    try:
+        # Warm-up: first-session imports and caches are not per-session costs.
+        run_loadtest(
+            procs,
+            cfg,
+            path=path,
+            sessions=WARMUP_SESSIONS,
+            target=url,
+            measured=server,
+            seconds=WARMUP_SECONDS,
+        )
+        wait_for_quiet([emulator, server], cfg.quiet_wait, log)
+        run = run_loadtest(
+            procs, cfg, path=path, sessions=sessions, target=url, measured=server, others=[emulator]
+        )
+    finally:
+        procs.stop(server)
+    print(f"bench: {summary(run)}", file=log, flush=True)
+    return run
+
+
+def run_bench(
+    cfg: BenchConfig, bridges: Sequence[Bridge] = (Bridge(THIS_TREE),), log: TextIO = sys.stderr
+) -> list[Run]:
     """Every run of the benchmark, in order; all processes are stopped before it returns."""
     runs: list[Run] = []
     with tempfile.TemporaryDirectory(prefix="voicebridge-bench-") as tmp:
@@ -366,7 +462,7 @@ def run_bench(cfg: BenchConfig, log: TextIO = sys.stderr) -> list[Run]:
             run_loadtest(
                 procs,
                 cfg,
-                mode="direct",
+                path=DIRECT,
                 sessions=WARMUP_SESSIONS,
                 target=direct_url,
                 measured=emulator,
@@ -375,38 +471,23 @@ def run_bench(cfg: BenchConfig, log: TextIO = sys.stderr) -> list[Run]:
             for n in cfg.sessions:
                 wait_for_quiet([emulator], cfg.quiet_wait, log)
                 run = run_loadtest(
-                    procs, cfg, mode="direct", sessions=n, target=direct_url, measured=emulator
+                    procs, cfg, path=DIRECT, sessions=n, target=direct_url, measured=emulator
                 )
                 print(f"bench: {summary(run)}", file=log, flush=True)
                 runs.append(run)
-                port = free_port()
-                server = start_server(procs, port, emulator_port)
-                bridge_url = f"ws://{HOST}:{port}/ws/voice"
-                try:
-                    # Warm-up: first-session imports and caches are not per-session costs.
-                    run_loadtest(
-                        procs,
-                        cfg,
-                        mode="bridge",
-                        sessions=WARMUP_SESSIONS,
-                        target=bridge_url,
-                        measured=server,
-                        seconds=WARMUP_SECONDS,
-                    )
-                    wait_for_quiet([emulator, server], cfg.quiet_wait, log)
-                    run = run_loadtest(
-                        procs,
-                        cfg,
-                        mode="bridge",
-                        sessions=n,
-                        target=bridge_url,
-                        measured=server,
-                        others=[emulator],
-                    )
-                finally:
-                    procs.stop(server)
-                print(f"bench: {summary(run)}", file=log, flush=True)
-                runs.append(run)
+                for bridge in bridges:
+                    for offer_deflate in (False, True):
+                        run = measure_bridge(
+                            procs,
+                            cfg,
+                            bridge,
+                            n,
+                            emulator=emulator,
+                            emulator_port=emulator_port,
+                            offer_deflate=offer_deflate,
+                            log=log,
+                        )
+                        runs.append(run)
         finally:
             procs.stop_all()
     return runs
@@ -416,7 +497,7 @@ def summary(run: Run) -> str:
     """One line per run for the console."""
     r = run.report
     return (
-        f"{run.mode:6} {run.sessions:4} sessions: held {r['sessions_held']},"
+        f"{run.path}, {run.sessions} sessions: held {r['sessions_held']},"
         f" lost {r['frames_lost']}/{r['frames_sent']}, p50 {_f(r['rtt_p50_ms'])}"
         f" p99 {_f(r['rtt_p99_ms'])} ms, cpu/session {_f(r.get('server_cpu_pct_per_session'), 3)}%"
     )
@@ -425,8 +506,23 @@ def summary(run: Run) -> str:
 # -- the report ----------------------------------------------------------------------------
 
 
-def machine_info() -> dict[str, str]:
-    """Where the figures were measured."""
+def _commit(src: Path | None = None) -> str:
+    """The short commit checked out in ``src`` (default: here); "" outside git."""
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=src,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def machine_info(bridges: Sequence[Bridge] = ()) -> dict[str, str]:
+    """Where the figures were measured, and from which source checkouts."""
     model = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -439,26 +535,20 @@ def machine_info() -> dict[str, str]:
             versions.append(f"{name} {importlib.metadata.version(name)}")
         except importlib.metadata.PackageNotFoundError:
             versions.append(f"{name} (not installed)")
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = "-"
-    return {
+    info = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "cpu": f"{model}, {os.cpu_count()} logical cores",
         "memory": f"{psutil.virtual_memory().total / 2**30:.1f} GiB",
         "os": platform.platform(),
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "packages": ", ".join(versions),
-        "commit": commit or "-",
+        "commit": _commit() or "-",
         "load average before": " ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
+    for bridge in bridges:
+        if bridge.src is not None:
+            info[bridge.label] = str(bridge.src)
+    return info
 
 
 def _f(value: Any, digits: int = 2) -> str:
@@ -469,8 +559,13 @@ def _kb(value: Any) -> str:
     return "-" if value is None else f"{value / 1000:.1f}"
 
 
-def _find(runs: Sequence[Run], mode: str, sessions: int) -> Run | None:
-    return next((r for r in runs if r.mode == mode and r.sessions == sessions), None)
+def _find(runs: Sequence[Run], path: str, sessions: int) -> Run | None:
+    return next((r for r in runs if r.path == path and r.sessions == sessions), None)
+
+
+def _deflate(run: Run) -> str:
+    r = run.report
+    return f"{r.get('sessions_deflate', 0)} of {run.sessions}" if r.get("deflate_offered") else "-"
 
 
 def _yes(ok: bool) -> str:
@@ -478,9 +573,12 @@ def _yes(ok: bool) -> str:
 
 
 def targets(runs: Sequence[Run]) -> list[tuple[str, str, str]]:
-    """(target, measured, verdict) for each target of the reference machine."""
+    """(target, measured, verdict) for each target of the reference machine.
+
+    Judged on this tree's bridge with plain clients; the other rows are for comparison.
+    """
     rows: list[tuple[str, str, str]] = []
-    big = _find(runs, "bridge", TARGET_LOST_AT)
+    big = _find(runs, THIS_TREE, TARGET_LOST_AT)
     if big is None:
         rows.append((f"0 frames lost at {TARGET_LOST_AT} sessions", "not run", "-"))
     else:
@@ -490,8 +588,8 @@ def targets(runs: Sequence[Run]) -> list[tuple[str, str, str]]:
             (f"0 frames lost at {TARGET_LOST_AT} sessions", f"{lost} of {sent}", _yes(lost == 0))
         )
     bridge, direct = (
-        _find(runs, "bridge", TARGET_ADDED_P99_AT),
-        _find(runs, "direct", TARGET_ADDED_P99_AT),
+        _find(runs, THIS_TREE, TARGET_ADDED_P99_AT),
+        _find(runs, DIRECT, TARGET_ADDED_P99_AT),
     )
     label = f"added p99 round trip < {TARGET_ADDED_P99_MS:g} ms at {TARGET_ADDED_P99_AT} sessions"
     if bridge is None or direct is None or bridge.report["rtt_p99_ms"] is None:
@@ -499,7 +597,7 @@ def targets(runs: Sequence[Run]) -> list[tuple[str, str, str]]:
     else:
         added = bridge.report["rtt_p99_ms"] - (direct.report["rtt_p99_ms"] or 0.0)
         rows.append((label, f"{added:.2f} ms", _yes(added < TARGET_ADDED_P99_MS)))
-    cpu_runs = [r for r in runs if r.mode == "bridge" and r.sessions >= TARGET_CPU_FROM]
+    cpu_runs = [r for r in runs if r.path == THIS_TREE and r.sessions >= TARGET_CPU_FROM]
     label = f"server CPU <= {TARGET_CPU_PCT_PER_SESSION:g}% of one core per session"
     cpus = [(r.sessions, r.report.get("server_cpu_pct_per_session")) for r in cpu_runs]
     if not cpus or any(c is None for _, c in cpus):
@@ -508,7 +606,7 @@ def targets(runs: Sequence[Run]) -> list[tuple[str, str, str]]:
         text = ", ".join(f"{c:.3f}% at {n}" for n, c in cpus)
         ok = all(c is not None and c <= TARGET_CPU_PCT_PER_SESSION for _, c in cpus)
         rows.append((label, text, _yes(ok)))
-    bridges = [r for r in runs if r.mode == "bridge"]
+    bridges = [r for r in runs if r.path == THIS_TREE]
     label = f"< {TARGET_RSS_PER_SESSION_BYTES // 1000} kB RSS per session"
     largest = max(bridges, key=lambda r: r.sessions, default=None)
     rss = None if largest is None else largest.report.get("server_rss_per_session_bytes")
@@ -527,18 +625,33 @@ def targets(runs: Sequence[Run]) -> list[tuple[str, str, str]]:
 
 def render(cfg: BenchConfig, machine: Mapping[str, str], runs: Sequence[Run]) -> str:
     """The Markdown results page."""
+    baseline = "" if cfg.baseline is None else f" --baseline-src {cfg.baseline}"
+    bridge_paths = list(dict.fromkeys(r.path for r in runs if r.path != DIRECT))
     lines = [
         "# voicebridge benchmark",
         "",
         f"`python -m voicebridge.bench --sessions {','.join(map(str, cfg.sessions))}"
-        f" --seconds {cfg.seconds:g} --ramp {cfg.ramp:g}` — each session streams PCM16 24 kHz"
-        f" mono in real time, {cfg.frame_ms} ms per frame, for {cfg.seconds:g} s after a"
-        f" {cfg.ramp:g} s ramp; the emulator's mirror mode sends every frame straight back.",
+        f" --seconds {cfg.seconds:g} --ramp {cfg.ramp:g}{baseline}` — each session streams"
+        f" PCM16 24 kHz mono in real time, {cfg.frame_ms} ms per frame, for {cfg.seconds:g} s"
+        f" after a {cfg.ramp:g} s ramp; the emulator's mirror mode sends every frame straight"
+        " back.",
         "",
-        "- **direct**: load generator → emulator (Voice Live protocol, JSON + base64): the"
+        f"- **{DIRECT}**: load generator → emulator (Voice Live protocol, JSON + base64): the"
         " baseline without the bridge. The measured process is the emulator.",
-        "- **bridge**: load generator → voicebridge `/ws/voice` (binary frames) → SDK →"
+        f"- **{THIS_TREE}**: load generator → voicebridge `/ws/voice` (binary frames) → SDK →"
         " emulator and back. The measured process is the server, started fresh for the run.",
+        f"- **…{DEFLATE_OFFERED}**: the same, but the clients offer permessage-deflate as"
+        " browsers do (`permessage-deflate; client_max_window_bits`) and speak it when the"
+        " server accepts; the *deflate* column says in how many sessions it did.",
+        *(
+            []
+            if cfg.baseline is None
+            else [
+                "- **bridge (baseline …)**: the server of the source checkout given as"
+                " `--baseline-src` (its path under *Machine*), run with the same Python, emulator"
+                " and load generator.",
+            ]
+        ),
         "",
         "## Machine",
         "",
@@ -552,16 +665,19 @@ def render(cfg: BenchConfig, machine: Mapping[str, str], runs: Sequence[Run]) ->
         "",
         "## Results",
         "",
-        "| path | sessions | held | failed | frames sent | received | lost | reordered"
-        " | duplicated | p50 ms | p95 ms | p99 ms | max ms | CPU % of a core per session"
-        " | RSS kB per session | load gen CPU % | send lag p99 ms | other load |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| path | sessions | deflate | held | failed | frames sent | received | lost"
+        " | reordered | duplicated | p50 ms | p95 ms | p99 ms | max ms"
+        " | CPU % of a core per session | RSS kB per session | load gen CPU %"
+        " | send lag p99 ms | other load |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:"
+        "|---:|---:|",
     ]
     for run in runs:
         r = run.report
         flag = " (saturated)" if r.get("loadgen_saturated") else ""
         lines.append(
-            f"| {run.mode} | {run.sessions} | {r['sessions_held']} | {r['sessions_failed']}"
+            f"| {run.path} | {run.sessions} | {_deflate(run)} | {r['sessions_held']}"
+            f" | {r['sessions_failed']}"
             f" | {r['frames_sent']} | {r['frames_received']} | {r['frames_lost']}"
             f" | {r['frames_reordered']} | {r['frames_duplicated']} | {_f(r['rtt_p50_ms'])}"
             f" | {_f(r['rtt_p95_ms'])} | {_f(r['rtt_p99_ms'])} | {_f(r['rtt_max_ms'])}"
@@ -572,29 +688,33 @@ def render(cfg: BenchConfig, machine: Mapping[str, str], runs: Sequence[Run]) ->
         )
     lines += [
         "",
-        "## What the bridge adds (bridge minus direct)",
+        "## What the bridge adds (each bridge minus direct)",
         "",
-        "| sessions | p50 ms | p95 ms | p99 ms | server CPU % of a core per session"
+        "| path | sessions | p50 ms | p95 ms | p99 ms | server CPU % of a core per session"
         " | server RSS kB per session |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for n in cfg.sessions:
-        bridge, direct = _find(runs, "bridge", n), _find(runs, "direct", n)
-        if bridge is None or direct is None:
-            continue
-        b, d = bridge.report, direct.report
-        added = [
-            None if b[k] is None or d[k] is None else b[k] - d[k]
-            for k in ("rtt_p50_ms", "rtt_p95_ms", "rtt_p99_ms")
-        ]
-        lines.append(
-            f"| {n} | {' | '.join(_f(a) for a in added)}"
-            f" | {_f(b.get('server_cpu_pct_per_session'), 3)}"
-            f" | {_kb(b.get('server_rss_per_session_bytes'))} |"
-        )
+        direct = _find(runs, DIRECT, n)
+        for path in bridge_paths:
+            bridge = _find(runs, path, n)
+            if bridge is None or direct is None:
+                continue
+            b, d = bridge.report, direct.report
+            added = [
+                None if b[k] is None or d[k] is None else b[k] - d[k]
+                for k in ("rtt_p50_ms", "rtt_p95_ms", "rtt_p99_ms")
+            ]
+            lines.append(
+                f"| {path} | {n} | {' | '.join(_f(a) for a in added)}"
+                f" | {_f(b.get('server_cpu_pct_per_session'), 3)}"
+                f" | {_kb(b.get('server_rss_per_session_bytes'))} |"
+            )
     lines += [
         "",
         "## Targets (2-core machine)",
+        "",
+        f"Judged on **{THIS_TREE}**; the other rows are there for comparison.",
         "",
         "| target | measured | verdict |",
         "|---|---|---|",
@@ -647,6 +767,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="SECONDS",
         help="before each run, wait up to this long for other processes to go idle (30)",
     )
+    parser.add_argument(
+        "--baseline-src",
+        type=Path,
+        metavar="DIR",
+        help="also measure the bridge of this source checkout (git worktree add DIR COMMIT)",
+    )
     args = parser.parse_args(argv)
     cfg = BenchConfig(
         sessions=args.sessions,
@@ -655,13 +781,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         frame_ms=args.frame_ms,
         out=args.out,
         quiet_wait=args.quiet_wait,
+        baseline=args.baseline_src,
     )
     # Stop cleanly on SIGTERM, and on Ctrl-C even when started with SIGINT ignored (``&``).
     signal.signal(signal.SIGTERM, _on_sigterm)
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    machine = machine_info()
     try:
-        runs = run_bench(cfg)
+        bridges = [Bridge(THIS_TREE)]
+        if cfg.baseline is not None:
+            bridges.append(baseline_bridge(cfg.baseline))
+        machine = machine_info(bridges)
+        runs = run_bench(cfg, bridges)
     except BenchError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 1
@@ -673,7 +803,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     raw = {
         "machine": machine,
         "runs": [
-            {"mode": r.mode, "sessions": r.sessions, "other_cores": r.other_cores, **r.report}
+            {"path": r.path, "sessions": r.sessions, "other_cores": r.other_cores, **r.report}
             for r in runs
         ],
     }

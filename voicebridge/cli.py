@@ -11,7 +11,7 @@ import structlog
 
 from voicebridge import __version__
 from voicebridge.config import ConfigError, load_settings
-from voicebridge.logs import configure_logging
+from voicebridge.logs import configure_logging, stop_logging
 
 EXIT_CONFIG = 2
 
@@ -61,7 +61,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from voicebridge.emulator import options_from_args, run_emulator
 
         configure_logging(args.log_level.upper(), "console")
-        run_emulator(options_from_args(args), args.host, args.port)
+        try:
+            run_emulator(options_from_args(args), args.host, args.port)
+        finally:
+            stop_logging()
         return 0
     from voicebridge import loadtest
 
@@ -80,5 +83,8 @@ def _serve(env_file: str) -> int:
     log.info("app.settings", version=__version__, **settings.redacted())
     from voicebridge.app import serve
 
-    asyncio.run(serve(settings))
+    try:
+        asyncio.run(serve(settings))
+    finally:
+        stop_logging()  # the last lines (app.stopped) are written before the process exits
     return 0

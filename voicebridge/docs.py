@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from html import escape
 
 from voicebridge import __version__
+from voicebridge.errors import CODES
 
 ROUTES = [
     (
@@ -35,8 +36,9 @@ CLIENT_MESSAGES = [
     ("text", '{"type": "ping"} : answered by pong'),
     (
         "text",
-        '{"type": "playback", "played_ms": N} : optional; agent audio of the current '
-        "response the client has played, used to truncate the agent's memory on barge-in",
+        '{"type": "playback", "response_id": "...", "played_ms": N} : optional; how much of '
+        "that response's audio (id from its audio_start) the client has played, used to "
+        "truncate the agent's memory on barge-in; without response_id: the response written last",
     ),
 ]
 
@@ -66,6 +68,11 @@ SERVER_MESSAGES = [
         '{"type": "status", "status": "ended", "code": "...", "message": "..."} : '
         "ended by an operator, a time limit, idleness or shutdown; then the socket closes",
     ),
+    (
+        "text",
+        '{"type": "audio_start", "response_id": "..."} : just before a response\'s first '
+        "audio frame; the binary frames after it belong to that response",
+    ),
     ("text", '{"type": "clear_audio"} : barge-in: stop playback now and drop queued agent audio'),
     ("text", '{"type": "error", "message": "...", "code": "..."}'),
     ("text", '{"type": "pong"}'),
@@ -74,33 +81,21 @@ SERVER_MESSAGES = [
 CLOSE_CODES = [
     ("1000", "normal: client, operator, time limit or idle timeout"),
     ("1001", "server shutting down"),
-    ("1008", "policy: rate limit exceeded or a client that does not read its audio"),
+    ("1008", "policy: audio rate limit, token or origin"),
     ("1009", "frame larger than MAX_FRAME_BYTES"),
-    ("1011", "upstream (Voice Live) failure"),
-    ("1013", "at capacity (MAX_SESSIONS); retry later"),
+    ("1011", "upstream (Voice Live) or internal failure"),
+    ("1013", "try again later: at capacity (MAX_SESSIONS) or a network too slow for the audio"),
 ]
 
 ERROR_CODES = [
-    ("bad_json", "a text frame that is not JSON"),
-    ("bad_message", "JSON that is not an object, has no type, or has a bad field"),
-    ("unknown_type", "a type other than audio, text, ping, playback"),
-    ("bad_audio", "audio that is missing or not valid base64"),
-    ("odd_frame", "warning, once per session: an odd-length audio frame; its last byte is kept"),
-    ("frame_too_large", "then close 1009"),
     (
-        "rate_limited",
-        "audio faster than MAX_AUDIO_RATE x real time (then close 1008), or "
-        "typed messages past CLIENT_TEXT_PER_MIN (dropped; the session goes on)",
-    ),
-    (
-        "slow_consumer",
-        "the client read none of its audio for CLIENT_SEND_TIMEOUT_S; then close 1008",
-    ),
-    ("upstream_connect_failed", "Voice Live refused or did not answer; then close 1011"),
-    ("upstream_closed", "Voice Live dropped the connection; then close 1011"),
-    ("at_capacity", "then close 1013"),
-    ("(service codes)", "errors reported by Voice Live are passed on with their own code"),
-]
+        code,
+        "goes on" if info.close is None else str(info.close),
+        "yes" if info.retry else "no",
+        info.summary,
+    )
+    for code, info in CODES.items()
+] + [("(service codes)", "goes on", "no", "errors reported by Voice Live, with their own code")]
 
 
 def _table(headers: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str:
@@ -132,5 +127,7 @@ padding:.4rem .6rem;text-align:left;vertical-align:top}}code{{font-size:.9em}}h1
 <h2>WebSocket <code>/ws/voice</code>: client to server</h2>{_table(("frame", "content"), CLIENT_MESSAGES)}
 <h2>Server to client</h2>{_table(("frame", "content"), SERVER_MESSAGES)}
 <h2>Close codes</h2>{_table(("code", "meaning"), CLOSE_CODES)}
-<h2>Error codes</h2>{_table(("code", "meaning"), ERROR_CODES)}
+<h2>Error codes</h2><p>What each code does to the session and whether a client should
+reconnect on its own (the browser client follows this table).</p>
+{_table(("code", "closes with", "reconnect", "meaning"), ERROR_CODES)}
 </body></html>"""

@@ -27,6 +27,8 @@ class AppState:
     registry: SessionRegistry
     upstream: UpstreamConfig | None = None
     sessions: dict[str, Session] = attrs.field(factory=dict)
+    # The relay each voice socket gets; tests swap in a subclass to reach a failure path.
+    session_class: type[Session] = Session
     draining: bool = False
     started_at: float = attrs.field(factory=time.time)
     # Failures that must not stop a request (a registry unregister) are logged through

@@ -14,7 +14,6 @@ from aiohttp import web
 from voicebridge import access, errors, protocol
 from voicebridge.ops import json_error
 from voicebridge.registry import SessionRecord
-from voicebridge.relay import Session
 from voicebridge.state import STATE
 
 log = structlog.get_logger(__name__)
@@ -51,7 +50,7 @@ async def voice_ws(request: web.Request) -> web.StreamResponse:
         compress=False,
     )
     await ws.prepare(request)
-    session = Session(
+    session = state.session_class(
         request=request,
         ws=ws,
         settings=s,
@@ -69,7 +68,7 @@ async def voice_ws(request: web.Request) -> web.StreamResponse:
     )
     if not await state.registry.register(record, max_sessions=s.max_sessions):
         log.warning("ws.at_capacity", max_sessions=s.max_sessions)
-        state.metrics.errors.labels(code=errors.ERR_CAPACITY).inc()
+        state.metrics.count_error(errors.ERR_CAPACITY)
         await ws.send_str(
             protocol.error(
                 f"the service is at capacity ({s.max_sessions} sessions); try again shortly",

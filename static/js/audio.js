@@ -159,15 +159,24 @@ export class MicCapture extends SerialGraph {
 }
 
 const FINAL_REPORT_WAIT_MS = 300;
+const MAX_TRACKED_RESPONSES = 16; // older responses have long finished playing
 
 export class AgentPlayer extends SerialGraph {
   /**
    * @param {(state: {event: string, playedSamples: number, totalPlayedSamples: number,
-   *   queuedSamples: number, droppedSamples: number, responseSeq: number,
-   *   responseSamples: number, responsePlayedSamples: number}) => void} onState
+   *   queuedSamples: number, droppedSamples: number,
+   *   responses: {key: string|number, samples: number, played: number}[]}) => void} onState
    *
    * playedSamples counts from this player's (re)start; totalPlayedSamples from the page's
-   * first; the response* fields describe the response last marked with beginResponse().
+   * first. responses lists the recent responses marked with beginResponse(key), oldest
+   * first: how many samples of each were queued and how many of those were played.
+   *
+   * The worklet plays what it is given in order and drops audio only on clear or stop,
+   * reporting each of those at once. So the main thread knows where every response starts
+   * in the stream of samples queued on this graph, and each report says which stretch of
+   * that stream was played since the previous one (and which was then dropped): the
+   * played samples are shared out to the responses they belong to. A response that is no
+   * longer playing keeps its exact count.
    */
   constructor(onState) {
     super();
@@ -176,6 +185,14 @@ export class AgentPlayer extends SerialGraph {
     this.node = null;
     this.playedBefore = 0; // samples played by earlier graphs of this page
     this.playedNow = 0; // samples played by the current graph
+    this.resetPositions();
+  }
+
+  /** A new graph: its stream of samples starts at zero. */
+  resetPositions() {
+    this.enqueued = 0; // samples queued on the current graph
+    this.consumed = 0; // samples it took off its queue, played or dropped
+    this.responses = []; // {key, start, played}, oldest first; each ends where the next starts
   }
 
   async build(ticket) {
@@ -211,6 +228,7 @@ export class AgentPlayer extends SerialGraph {
       }
       // A new worklet counts from zero.
       this.playedNow = 0;
+      this.resetPositions();
       node.port.onmessage = (e) => this.report(e.data);
       this.ctx = ctx;
       this.node = node;
@@ -221,19 +239,54 @@ export class AgentPlayer extends SerialGraph {
   }
 
   report(state) {
+    const played = Math.max(0, state.playedSamples - this.playedNow);
+    this.credit(this.consumed, this.consumed + played);
+    this.consumed += played + state.droppedSamples;
     this.playedNow = state.playedSamples;
-    this.onState({ ...state, totalPlayedSamples: this.playedBefore + state.playedSamples });
+    this.onState({
+      event: state.event,
+      playedSamples: state.playedSamples,
+      queuedSamples: state.queuedSamples,
+      droppedSamples: state.droppedSamples,
+      totalPlayedSamples: this.playedBefore + state.playedSamples,
+      responses: this.responses.map((r, i) => ({
+        key: r.key,
+        samples: this.responseEnd(i, this.enqueued) - r.start,
+        played: r.played,
+      })),
+    });
   }
 
-  /** The chunks queued from now on belong to a new response, numbered `seq`. */
-  beginResponse(seq) {
-    if (this.node) this.node.port.postMessage({ type: 'response', seq });
+  responseEnd(i, last) {
+    return i + 1 < this.responses.length ? this.responses[i + 1].start : last;
+  }
+
+  /** Credit the samples at stream positions [from, to), just played, to their responses. */
+  credit(from, to) {
+    if (to <= from) return;
+    this.responses.forEach((r, i) => {
+      const overlap = Math.min(to, this.responseEnd(i, Infinity)) - Math.max(from, r.start);
+      if (overlap > 0) r.played += overlap;
+    });
+  }
+
+  /**
+   * The chunks queued from now on belong to the response `key` (a server's response id, or
+   * any number); null: to no response.
+   */
+  beginResponse(key) {
+    const last = this.responses[this.responses.length - 1];
+    if (last && last.start === this.enqueued) this.responses.pop(); // it got no audio
+    this.responses.push({ key, start: this.enqueued, played: 0 });
+    if (this.responses.length > MAX_TRACKED_RESPONSES) this.responses.shift();
   }
 
   /** Queue one chunk of PCM16 LE mono at 24 kHz (the ArrayBuffer is transferred). */
   enqueue(buffer) {
     if (!this.node) return false;
+    const samples = buffer.byteLength >> 1; // read before the transfer empties it
     this.node.port.postMessage({ type: 'pcm16', data: buffer }, [buffer]);
+    this.enqueued += samples;
     return true;
   }
 

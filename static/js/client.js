@@ -4,6 +4,7 @@
 // playback.
 
 import { AgentPlayer, MicCapture, WIRE_RATE } from './audio.js';
+import { codeInfo, shouldReconnect } from './errors.js';
 
 const PING_INTERVAL_MS = 15000;
 const SILENT_SERVER_MS = 45000; // no frame at all for this long: treat the socket as dead
@@ -28,11 +29,20 @@ export const CLOSE_REASONS = {
   1011: 'The voice service failed',
   1013: 'Server is at capacity',
 };
+// Reasons for codes whose close code alone would say something else.
+const CODE_REASONS = {
+  slow_consumer: 'The connection was too slow for the audio',
+};
 
 /** Append to a list that keeps only its last MAX_HISTORY entries (in place). */
 function pushCapped(list, item) {
   list.push(item);
   if (list.length > MAX_HISTORY) list.splice(0, list.length - MAX_HISTORY);
+}
+
+/** Samples at the wire rate -> whole milliseconds. */
+function ms(samples) {
+  return Math.round((samples * 1000) / WIRE_RATE);
 }
 
 /** "server restarting; please reconnect." -> "Server restarting; please reconnect" */
@@ -60,6 +70,14 @@ export class VoiceClient extends EventTarget {
     this.agentSpeaking = false; // between status agent_speaking and the next clear/close
     this.responsePending = false; // agent_speaking seen; the next audio starts a response
     this.responseSeq = 0; // number of the current response (its audio is marked with it)
+    // Per socket: the server announces each response with audio_start (newer servers), and
+    // then playback reports name the response they count.
+    this.responseIds = false;
+    // Response ids announced on this socket -> samples played when last reported (-1:
+    // not yet). Only these are reported: the player may still track an earlier socket's.
+    this.reportedPlayed = new Map();
+    this.endedCode = null; // the code of this socket's status "ended", if any
+    this.errorCode = null; // the code of this socket's last error message, if any
     this.sessionId = null;
     this.backend = null;
     this.stats = {
@@ -167,6 +185,7 @@ export class VoiceClient extends EventTarget {
   /** The socket is gone or replaced: nothing queued for the listener is still wanted. */
   resetPlayback() {
     this.player.clear();
+    this.player.beginResponse(null); // audio from now on belongs to no known response
     this.agentSpeaking = false;
     this.responsePending = false;
   }
@@ -201,6 +220,10 @@ export class VoiceClient extends EventTarget {
     ws.binaryType = 'arraybuffer';
     this.ws = ws;
     this.serverStatus = null;
+    this.responseIds = false;
+    this.reportedPlayed.clear();
+    this.endedCode = null;
+    this.errorCode = null;
     ws.onopen = () => {
       if (gen !== this.generation) return;
       opened = true;
@@ -250,7 +273,13 @@ export class VoiceClient extends EventTarget {
     const run = this.run;
     this.resetPlayback();
     const code = ev.code;
-    const reason = sentence(ev.reason || CLOSE_REASONS[code] || `Connection closed (${code})`);
+    const lastCode = this.endedCode || this.errorCode;
+    const reason = sentence(
+      ev.reason ||
+        (Object.hasOwn(CODE_REASONS, lastCode ?? '') && CODE_REASONS[lastCode]) ||
+        CLOSE_REASONS[code] ||
+        `Connection closed (${code})`,
+    );
     if (!opened) {
       // A refused upgrade (401/403) looks exactly like an unreachable server to a page, so
       // ask the server over plain HTTP what it thinks of this request.
@@ -276,22 +305,25 @@ export class VoiceClient extends EventTarget {
       });
       return;
     }
-    if (code === 1008 || code === 1009) {
-      await this.teardownAudio();
-      if (run !== this.run) return;
-      this.setState('failed', { code, reason });
-      this.emit('error', { message: `${reason} (code ${code}).`, code: `close_${code}` });
+    // The code the server gave decides where the table says so (errors.js), else the
+    // close code: 1008/1009 fail, 1000 stops, 1001/1006/1011/1013 and the rest reconnect.
+    if (shouldReconnect(code, { ended: this.endedCode, error: this.errorCode })) {
+      // A busy server gets the long backoff; a network that stalled, the short one.
+      const busy = lastCode === 'at_capacity' || (code === 1013 && lastCode !== 'slow_consumer');
+      this.scheduleReconnect({ code, reason, busy });
       return;
     }
-    if (code === 1000) {
-      await this.teardownAudio();
-      if (run !== this.run) return;
+    await this.teardownAudio();
+    if (run !== this.run) return;
+    // A session the server ended on purpose (1000, or a status "ended" whose code closes
+    // with 1000 even if the close frame was lost) stops; the rest failed.
+    if ((codeInfo(this.endedCode)?.close ?? code) === 1000) {
       this.setState('stopped', { code, reason });
       this.emit('notice', { message: `${reason}.` });
       return;
     }
-    // 1001 restarting, 1006 dropped, 1011 upstream failure, 1013 at capacity: try again.
-    this.scheduleReconnect({ code, reason });
+    this.setState('failed', { code, reason });
+    this.emit('error', { message: `${reason} (code ${code}).`, code: `close_${code}` });
   }
 
   /**
@@ -312,7 +344,7 @@ export class VoiceClient extends EventTarget {
     }
   }
 
-  scheduleReconnect({ code, reason }) {
+  scheduleReconnect({ code, reason, busy = code === 1013 }) {
     const run = this.run;
     if (this.attempt >= MAX_RECONNECTS) {
       this.teardownAudio().then(() => {
@@ -325,7 +357,7 @@ export class VoiceClient extends EventTarget {
       });
       return;
     }
-    const base = code === 1013 ? BACKOFF_AT_CAPACITY_MS : BACKOFF_BASE_MS;
+    const base = busy ? BACKOFF_AT_CAPACITY_MS : BACKOFF_BASE_MS;
     const exp = Math.min(BACKOFF_MAX_MS, base * 2 ** this.attempt);
     const delay = Math.round(exp * (0.75 + Math.random() * 0.5));
     this.attempt += 1;
@@ -419,7 +451,8 @@ export class VoiceClient extends EventTarget {
     this.receivedSamples += samples;
     this.stats.agentAudioMsReceived = (this.receivedSamples * 1000) / WIRE_RATE;
     if (this.responsePending) {
-      // The first audio after status agent_speaking starts a new response.
+      // Older servers (no audio_start): the first audio after status agent_speaking starts
+      // a new response.
       this.responsePending = false;
       this.responseSeq += 1;
       this.player.beginResponse(this.responseSeq);
@@ -432,15 +465,52 @@ export class VoiceClient extends EventTarget {
     this.stats.agentAudioMsPlayed = (s.totalPlayedSamples * 1000) / WIRE_RATE;
     this.stats.agentAudioMsQueued = (s.queuedSamples * 1000) / WIRE_RATE;
     this.emit('playback', { ...s });
-    // Tell the server how much of the current response was actually heard, so a barge-in
+    // Tell the server how much of each response was actually heard, so a barge-in
     // truncates the agent's turn where the listener stopped hearing it.
-    if (!this.agentSpeaking || s.event === 'cleared' || s.event === 'stopped') return;
-    if (s.responseSeq !== this.responseSeq || s.responseSamples === 0) return;
+    if (s.event === 'stopped') return; // the socket is going away
+    if (this.responseIds) this.reportPlayedById(s);
+    else this.reportPlayedCurrent(s);
+  }
+
+  /**
+   * A report per response whose played count changed, naming it: correct for that
+   * response whether or not it is still playing, so the final count of an interrupted one
+   * is sent too (at once when it is cleared or playback drains, else at most every
+   * PLAYBACK_REPORT_MS).
+   */
+  reportPlayedById(s) {
+    const now = performance.now();
+    if (s.event === 'progress' && now - this.lastReportAt < PLAYBACK_REPORT_MS) return;
+    let sent = false;
+    for (const r of s.responses) {
+      if (r.samples === 0 || !this.reportedPlayed.has(r.key)) continue;
+      if (this.reportedPlayed.get(r.key) === r.played) continue;
+      const report = { type: 'playback', response_id: r.key, played_ms: ms(r.played) };
+      if (!this.sendJson(report)) return;
+      this.reportedPlayed.set(r.key, r.played);
+      sent = true;
+    }
+    if (sent) this.lastReportAt = now;
+    if (this.reportedPlayed.size > s.responses.length) {
+      const tracked = new Set(s.responses.map((r) => r.key));
+      for (const key of this.reportedPlayed.keys()) {
+        if (!tracked.has(key)) this.reportedPlayed.delete(key);
+      }
+    }
+  }
+
+  /**
+   * Older servers (no audio_start): a report without an id means "the current response",
+   * so only the current response is reported, and only while it is the agent's turn.
+   */
+  reportPlayedCurrent(s) {
+    if (!this.agentSpeaking || s.event === 'cleared') return;
+    const current = s.responses[s.responses.length - 1];
+    if (!current || current.key !== this.responseSeq || current.samples === 0) return;
     const now = performance.now();
     if (s.event === 'progress' && now - this.lastReportAt < PLAYBACK_REPORT_MS) return;
     this.lastReportAt = now;
-    const played = Math.min(s.responsePlayedSamples, s.responseSamples);
-    this.sendJson({ type: 'playback', played_ms: Math.round((played * 1000) / WIRE_RATE) });
+    this.sendJson({ type: 'playback', played_ms: ms(current.played) });
   }
 
   onServerText(raw) {
@@ -462,10 +532,11 @@ export class VoiceClient extends EventTarget {
         break;
       case 'status':
         if (msg.status === 'agent_speaking' && this.serverStatus !== 'agent_speaking') {
-          // A new response: its audio starts with the next binary frame.
           this.agentSpeaking = true;
-          this.responsePending = true;
+          // Older servers: a new response, whose audio starts with the next binary frame.
+          if (!this.responseIds) this.responsePending = true;
         }
+        if (msg.status === 'ended' && typeof msg.code === 'string') this.endedCode = msg.code;
         this.serverStatus = msg.status;
         pushCapped(this.statusHistory, msg.status);
         this.emit('status', { ...msg });
@@ -477,14 +548,26 @@ export class VoiceClient extends EventTarget {
       case 'agent_text':
         this.addLine('agent', msg.text, msg.type);
         break;
+      case 'audio_start':
+        // Every binary frame from here to the next audio_start or clear_audio is this
+        // response's audio.
+        if (typeof msg.response_id !== 'string' || !msg.response_id) break;
+        this.responseIds = true;
+        this.responsePending = false;
+        this.agentSpeaking = true;
+        this.reportedPlayed.set(msg.response_id, -1);
+        this.player.beginResponse(msg.response_id);
+        break;
       case 'clear_audio':
         this.player.clear();
+        this.player.beginResponse(null);
         this.agentSpeaking = false;
         this.responsePending = false;
         this.stats.clearAudioCount += 1;
         this.emit('clear', {});
         break;
       case 'error':
+        if (typeof msg.code === 'string' && msg.code) this.errorCode = msg.code;
         this.emit('error', { message: msg.message || 'Unknown error', code: msg.code || '' });
         break;
       case 'pong':

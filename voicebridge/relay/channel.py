@@ -153,23 +153,24 @@ class ClientChannel:
             await self._write_audio(track, pcm)
 
     async def _write_text(self, text: str) -> None:
-        self._pending_since = time.monotonic()
-        try:
-            await self._ws.send_str(text)
-        except (ConnectionError, aiohttp.ClientError, RuntimeError) as exc:
-            raise ClientGone(str(exc)) from exc
-        finally:
-            self._pending_since = None
+        await self._put(text)
 
     async def _write_audio(self, track: ResponseTrack, pcm: bytes) -> None:
+        await self._put(pcm)
+        self._on_written(track, len(pcm))
+
+    async def _put(self, frame: str | bytes) -> None:
+        """One frame on the socket; the stall clock runs while it is pending."""
         self._pending_since = time.monotonic()
         try:
-            await self._ws.send_bytes(pcm)
+            if isinstance(frame, str):
+                await self._ws.send_str(frame)
+            else:
+                await self._ws.send_bytes(frame)
         except (ConnectionError, aiohttp.ClientError, RuntimeError) as exc:
             raise ClientGone(str(exc)) from exc
         finally:
             self._pending_since = None
-        self._on_written(track, len(pcm))
 
     # -- ending ------------------------------------------------------------------------
 

@@ -494,8 +494,11 @@ class Session:
                 self.stats.barge_ins += 1
                 self.prom.barge_ins.inc()
             assert self._upstream is not None
-            if plan.cancel:
-                await self._upstream.send({"type": "response.cancel"})
+            if plan.cancel is not None:
+                cancel: dict[str, Any] = {"type": "response.cancel"}
+                if plan.cancel:
+                    cancel["response_id"] = plan.cancel
+                await self._upstream.send(cancel)
             for item_id, played_ms in plan.truncate:
                 await self._upstream.send(
                     {

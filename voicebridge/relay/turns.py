@@ -32,6 +32,7 @@ class ResponseTrack:
     announced: bool = False  # the client was told its id (audio_start)
     muted: bool = False  # barge-in: the rest of its audio is dropped
     answers: float | None = None  # when the speech it answers stopped (latency)
+    from_service: bool = True  # the id is the service's (not made up for an id-less event)
     reported_ms: int | None = None  # the client's own playback report ...
     reported_at: float = 0.0  # ... and when it arrived
 
@@ -62,14 +63,16 @@ class BargeIn:
 
     ``mute``: response ids whose remaining audio is dropped (queued and still to come).
     ``clear_client``: tell the client to stop playback now (something was sent to it).
-    ``cancel``: ask the service to stop generating the current response.
+    ``cancel``: the id of the response the service must stop generating ("" for one it
+    gave no id), or None. Named, so a cancel that arrives after the service has already
+    moved on to the caller's next turn cannot cancel that new response.
     ``truncate``: ``(item_id, audio_end_ms)`` for items the caller heard part of.
     ``delete``: item ids the caller heard nothing of (the service rejects a 0 ms truncate).
     """
 
     mute: tuple[str, ...] = ()
     clear_client: bool = False
-    cancel: bool = False
+    cancel: str | None = None
     truncate: tuple[tuple[str, int], ...] = ()
     delete: tuple[str, ...] = ()
 
@@ -194,7 +197,11 @@ class TurnTracker:
             clear_client=bool(heard),
             # With interrupt_response on, the service cancels on its own; a cancel that
             # loses that race is answered by response_cancel_not_active, which is ignored.
-            cancel=current is not None and current.active and current in playing,
+            cancel=(
+                (current.response_id if current.from_service else "")
+                if current is not None and current.active and current in playing
+                else None
+            ),
             truncate=tuple(truncate),
             delete=tuple(delete),
         )
@@ -206,10 +213,13 @@ class TurnTracker:
                 track.muted = True
 
     def _new(self, response_id: str | None, *, active: bool) -> ResponseTrack:
+        from_service = bool(response_id)
         if not response_id:
             self._anonymous += 1
             response_id = f"anonymous-{self._anonymous}"
-        track = ResponseTrack(response_id, self.bytes_per_ms, active=active)
+        track = ResponseTrack(
+            response_id, self.bytes_per_ms, active=active, from_service=from_service
+        )
         self.tracks[response_id] = track
         if len(self.tracks) > self.kept:
             del self.tracks[next(iter(self.tracks))]

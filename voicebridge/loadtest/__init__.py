@@ -1,0 +1,45 @@
+"""Load generator: N simulated real-time voice clients against voicebridge or Voice Live.
+
+Each simulated client streams PCM16 24 kHz mono audio at real-time pace, either through the
+bridge (``/ws/voice``, one binary frame per chunk) or, with ``--direct``, straight to a Voice
+Live endpoint such as the emulator (JSON ``input_audio_buffer.append`` events). It expects
+every chunk back: the emulator's mirror mode answers each append with one
+``response.audio.delta`` carrying the same bytes, which the bridge relays as one binary frame.
+Only loopback targets are accepted.
+
+- ``ws``: a minimal RFC 6455 client on ``asyncio.Protocol`` (handshake, framing);
+  ``deflate``: permessage-deflate for it (RFC 7692), offered with ``--offer-deflate``.
+- ``client``: one simulated caller: session start, paced chunks, replies decoded.
+- ``accounting``: each chunk's stamp; frames sent, back, lost, reordered; time samples.
+- ``monitor``: CPU and RSS of the server (``--server-pid``) and of the generator, via psutil.
+- ``report``: the ``Report``, its percentiles, its text and JSON forms.
+- ``options``: ``LoadTestConfig`` and the command-line flags; ``runner``: the run and
+  ``main``.
+"""
+
+from voicebridge.loadtest.accounting import HEADER, make_body
+from voicebridge.loadtest.options import (
+    LoadTestConfig,
+    TargetError,
+    add_loadtest_arguments,
+    check_loopback,
+    config_from_args,
+)
+from voicebridge.loadtest.report import Report, format_report, percentile
+from voicebridge.loadtest.runner import cli, main, run
+
+__all__ = [
+    "HEADER",
+    "LoadTestConfig",
+    "Report",
+    "TargetError",
+    "add_loadtest_arguments",
+    "check_loopback",
+    "cli",
+    "config_from_args",
+    "format_report",
+    "main",
+    "make_body",
+    "percentile",
+    "run",
+]

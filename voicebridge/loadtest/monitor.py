@@ -1,0 +1,52 @@
+"""CPU time and resident memory of a process, sampled with psutil.
+
+Used for the server under test (``--server-pid``: CPU per session, RSS per session) and for
+the load generator itself, whose CPU shows whether it could offer the load it was asked to.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import psutil  # type: ignore[import-untyped,unused-ignore]
+
+
+class ProcessMonitor:
+    """One process: CPU seconds over a window, and the peak of its RSS."""
+
+    def __init__(self, pid: int | None = None) -> None:
+        self.proc = psutil.Process(pid)
+        self.pid: int = self.proc.pid
+        self.rss_baseline: int = self.proc.memory_info().rss
+        self.rss_peak = self.rss_baseline
+        self.cpu_start = self.cpu_seconds()
+        self.cpu_end = self.cpu_start
+        self.alive = True
+
+    def cpu_seconds(self) -> float:
+        """User plus system CPU time so far."""
+        times = self.proc.cpu_times()
+        return float(times.user + times.system)
+
+    @property
+    def cpu_used(self) -> float:
+        """CPU seconds between ``start_window`` and ``end_window``."""
+        return max(self.cpu_end - self.cpu_start, 0.0)
+
+    def sample(self) -> None:
+        """Note the current RSS; a process that has gone away is not sampled again."""
+        if not self.alive:
+            return
+        try:
+            self.rss_peak = max(self.rss_peak, self.proc.memory_info().rss)
+        except psutil.Error:
+            self.alive = False
+
+    def start_window(self) -> None:
+        with contextlib.suppress(psutil.Error):
+            self.cpu_start = self.cpu_seconds()
+
+    def end_window(self) -> None:
+        self.sample()
+        with contextlib.suppress(psutil.Error):
+            self.cpu_end = self.cpu_seconds()

@@ -1,0 +1,171 @@
+"""What one load-test run does, and the command-line flags that say it.
+
+`LoadTestConfig` is a frozen, validated value; only loopback targets are accepted, so the
+load test cannot be pointed at someone else's server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+import psutil  # type: ignore[import-untyped,unused-ignore]
+from yarl import URL
+
+from voicebridge.config import DEFAULT_API_VERSION
+from voicebridge.protocol import BYTES_PER_MS
+
+DEFAULT_MODEL = "bench"
+MAX_SESSIONS = 10_000
+MAX_SECONDS = 3_600.0
+
+
+class TargetError(ValueError):
+    """The target URL is not a loopback WebSocket URL."""
+
+
+def check_loopback(url: str) -> URL:
+    """Parse a ws:// URL and refuse anything that is not on this machine's loopback."""
+    parsed = URL(url)
+    if parsed.scheme != "ws":
+        raise TargetError(f"not a plain WebSocket URL (ws://): {url}")
+    host = parsed.host or ""
+    if host != "localhost":
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise TargetError(f"only loopback targets are allowed (127.0.0.0/8, ::1): {url}")
+    return parsed
+
+
+def _positive(_inst: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
+
+
+def _non_negative(_inst: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not value >= 0:
+        raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
+
+
+def _loopback(_inst: object, _attribute: attrs.Attribute[Any], value: str) -> None:
+    check_loopback(value)
+
+
+def _one_line(_inst: object, attribute: attrs.Attribute[Any], value: str) -> None:
+    if "\r" in value or "\n" in value:
+        raise ValueError(f"{attribute.name} must not contain line breaks")
+
+
+@attrs.frozen
+class LoadTestConfig:
+    """One load-test run: the target, how many sessions, for how long, at what pace."""
+
+    url: str = attrs.field(validator=_loopback)
+    sessions: int = attrs.field(
+        validator=[attrs.validators.ge(1), attrs.validators.le(MAX_SESSIONS)]
+    )
+    seconds: float = attrs.field(validator=[_positive, attrs.validators.le(MAX_SECONDS)])
+    frame_ms: int = attrs.field(
+        default=20, validator=[attrs.validators.ge(1), attrs.validators.le(1000)]
+    )
+    ramp: float = attrs.field(default=0.0, validator=[_non_negative])
+    direct: bool = False
+    api_key: str = attrs.field(default="", repr=False, validator=_one_line)
+    token: str | None = attrs.field(default=None, repr=False)
+    server_pid: int | None = None
+    drain: float = attrs.field(default=2.0, validator=[_non_negative])
+    connect_timeout: float = attrs.field(default=10.0, validator=[_positive])
+    model: str = DEFAULT_MODEL
+    api_version: str = DEFAULT_API_VERSION
+    offer_deflate: bool = False
+    progress: bool = True
+
+    @property
+    def frame_bytes(self) -> int:
+        """Bytes of PCM16 audio in one chunk of ``frame_ms``."""
+        return BYTES_PER_MS * self.frame_ms
+
+    def target_url(self) -> URL:
+        """The URL actually dialled (Voice Live route and query added in direct mode)."""
+        url = check_loopback(self.url)
+        if self.direct:
+            if url.path in ("", "/"):
+                url = url.with_path("/voice-live/realtime")
+            query = {"api-version": self.api_version, "model": self.model}
+            query.update(url.query)
+            url = url.with_query(query)
+        elif self.token:
+            url = url.update_query(token=self.token)
+        return url
+
+    def headers(self) -> dict[str, str]:
+        """Extra handshake headers: the api-key for Voice Live (the bridge takes ``?token=``)."""
+        if self.direct and self.api_key:
+            return {"api-key": self.api_key}
+        return {}
+
+
+def add_loadtest_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``python -m voicebridge loadtest``."""
+    parser.add_argument("--url", help="bridge WebSocket URL, e.g. ws://127.0.0.1:8000/ws/voice")
+    parser.add_argument("--sessions", type=int, default=1, help="concurrent clients (1)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="streaming time (10)")
+    parser.add_argument("--frame-ms", type=int, default=20, help="audio per frame in ms (20)")
+    parser.add_argument("--ramp", type=float, default=0.0, help="spread session starts (0 s)")
+    parser.add_argument("--drain", type=float, default=2.0, help="grace for late frames (2 s)")
+    parser.add_argument("--connect-timeout", type=float, default=10.0, help="per session (10 s)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    parser.add_argument(
+        "--direct",
+        metavar="WS_URL",
+        help="talk Voice Live straight to this endpoint (e.g. the emulator) instead of --url",
+    )
+    parser.add_argument("--api-key", default=None, help="api-key for --direct")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="model query for --direct")
+    parser.add_argument("--api-version", default=DEFAULT_API_VERSION, help="for --direct")
+    parser.add_argument("--server-pid", type=int, help="sample this process's CPU and RSS")
+    parser.add_argument("--token", default=None, help="client token for /ws/voice")
+    parser.add_argument(
+        "--offer-deflate",
+        action="store_true",
+        help="offer permessage-deflate as browsers do, and speak it if the server accepts",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
+def config_from_args(
+    args: argparse.Namespace, environ: Mapping[str, str] | None = None
+) -> LoadTestConfig:
+    """Build the run's config from parsed arguments (raises ValueError on bad values)."""
+    env = dict(os.environ) if environ is None else environ
+    url = args.direct or args.url
+    if not url:
+        raise ValueError("give --url ws://HOST:PORT/ws/voice or --direct ws://HOST:PORT")
+    api_key = args.api_key if args.api_key is not None else env.get("AZURE_OPENAI_KEY", "")
+    token = args.token if args.token is not None else env.get("CLIENT_TOKEN") or None
+    if args.server_pid is not None and not psutil.pid_exists(args.server_pid):
+        raise ValueError(f"--server-pid {args.server_pid}: no such process")
+    return LoadTestConfig(
+        url=url,
+        sessions=args.sessions,
+        seconds=args.seconds,
+        frame_ms=args.frame_ms,
+        ramp=args.ramp,
+        direct=bool(args.direct),
+        api_key=api_key,
+        token=token,
+        server_pid=args.server_pid,
+        drain=args.drain,
+        connect_timeout=args.connect_timeout,
+        model=args.model,
+        api_version=args.api_version,
+        offer_deflate=args.offer_deflate,
+        progress=not args.quiet,
+    )
