@@ -55,6 +55,7 @@ async def test_config_tells_the_page_about_the_emulator(aiohttp_client: Any) -> 
     assert body == {
         "backend": "emulator",
         "client_token_required": True,
+        "caller_notice": "",
         "sample_rate": 24000,
         "version": body["version"],
     }
@@ -160,7 +161,7 @@ async def test_foreign_origin_is_refused(aiohttp_client: Any) -> None:
 
 
 async def test_allowed_origins_list(aiohttp_client: Any) -> None:
-    """ALLOWED_ORIGINS admits exactly the listed origins."""
+    """ALLOWED_ORIGINS admits the listed origins (besides the own one), not localhost."""
     client = await client_for(aiohttp_client, ALLOWED_ORIGINS="https://app.example.com")
     ws = await client.ws_connect("/ws/voice", headers={"Origin": "https://app.example.com"})
     await ws.close()
@@ -250,11 +251,22 @@ def test_start_up_warns_about_open_access() -> None:
         "AZURE_OPENAI_KEY": "k",
         "AZURE_OPENAI_DEPLOYMENT": "d",
     }
-    with capture_logs() as logs:
-        _warn_about_open_access(make_settings(APP_HOST="0.0.0.0", **azure))
-    assert {e["event"] for e in logs} == {"app.open_sessions", "app.admin_loopback_only"}
-    with capture_logs() as logs:
-        _warn_about_open_access(
-            make_settings(APP_HOST="0.0.0.0", CLIENT_TOKEN="t", ADMIN_TOKEN="a", **azure)
-        )
-    assert logs == []
+
+    def warnings(**env: str) -> set[str]:
+        with capture_logs() as logs:
+            _warn_about_open_access(make_settings(**env))
+        return {e["event"] for e in logs if e["log_level"] == "warning"}
+
+    assert warnings(APP_HOST="0.0.0.0", **azure) == {
+        "app.open_sessions",
+        "app.admin_loopback_only",
+    }
+    assert warnings(APP_HOST="0.0.0.0", CLIENT_TOKEN="t", ADMIN_TOKEN="a", **azure) == set()
+    assert warnings(ALLOWED_HOSTS="*", CLIENT_TOKEN="t", ADMIN_TOKEN="a") == {"app.any_host"}
+
+
+async def test_config_carries_the_caller_notice(aiohttp_client: Any) -> None:
+    """CALLER_NOTICE reaches the page through GET /config."""
+    client = await client_for(aiohttp_client, CALLER_NOTICE="You are talking to an AI.")
+    body = await (await client.get("/config")).json()
+    assert body["caller_notice"] == "You are talking to an AI."

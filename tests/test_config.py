@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, clean_environ, make_settings
-from voicebridge.config import ConfigError, Settings, load_settings
+from voicebridge.config import ConfigError, Settings, load_settings, mask_url
 
 AZURE = {
     "AZURE_OPENAI_ENDPOINT": "https://res.services.ai.azure.com",
@@ -143,3 +143,137 @@ def test_example_env_documents_every_setting() -> None:
 
     for field in attrs.fields(Settings):
         assert field.name.upper() in text, field.name
+
+
+def test_relay_and_page_settings_have_documented_defaults() -> None:
+    """The continuity, frame-rate, start-up and caller-notice settings default as documented."""
+    s = make_settings()
+    assert s.max_frames_per_s == 200.0
+    assert s.session_start_timeout_s == 20.0
+    assert (s.upstream_reconnect_s, s.upstream_rotate_s, s.upstream_heartbeat_s) == (15, 0, 5)
+    assert (s.reconnect_hold_audio_ms, s.conversation_max_chars) == (5000, 20000)
+    assert s.caller_notice == ""
+    assert (s.max_connections, s.request_timeout_s, s.max_sessions_per_client) == (1000, 5, 10)
+    assert s.allowed_hosts == ()
+
+
+def test_relay_and_page_settings_are_read_and_typed() -> None:
+    """Each new setting is read from its variable and converted to its type."""
+    s = make_settings(
+        MAX_FRAMES_PER_S="120.5",
+        SESSION_START_TIMEOUT_S="7",
+        UPSTREAM_RECONNECT_S="0",
+        UPSTREAM_ROTATE_S="600",
+        RECONNECT_HOLD_AUDIO_MS="2500",
+        CONVERSATION_MAX_CHARS="0",
+        UPSTREAM_HEARTBEAT_S="2.5",
+        CALLER_NOTICE="You are talking to an AI assistant.",
+        MAX_CONNECTIONS="64",
+        REQUEST_TIMEOUT_S="1.5",
+        MAX_SESSIONS_PER_CLIENT="0",
+        ALLOWED_HOSTS="Voice.Example.com., 10.0.0.5:8000, [2001:db8::1]",
+    )
+    assert s.max_frames_per_s == 120.5
+    assert s.session_start_timeout_s == 7.0
+    assert (s.upstream_reconnect_s, s.upstream_rotate_s, s.upstream_heartbeat_s) == (0, 600, 2.5)
+    assert (s.reconnect_hold_audio_ms, s.conversation_max_chars) == (2500, 0)
+    assert isinstance(s.reconnect_hold_audio_ms, int)
+    assert s.caller_notice == "You are talking to an AI assistant."
+    assert (s.max_connections, s.request_timeout_s, s.max_sessions_per_client) == (64, 1.5, 0)
+    assert s.allowed_hosts == ("voice.example.com", "10.0.0.5", "2001:db8::1")
+
+
+def test_bad_new_settings_are_all_listed() -> None:
+    """Out-of-range values of the new settings are each named in one ConfigError."""
+    with pytest.raises(ConfigError) as info:
+        make_settings(
+            MAX_FRAMES_PER_S="0",
+            SESSION_START_TIMEOUT_S="-1",
+            UPSTREAM_RECONNECT_S="-1",
+            UPSTREAM_ROTATE_S="-5",
+            RECONNECT_HOLD_AUDIO_MS="lots",
+            CONVERSATION_MAX_CHARS="-1",
+            UPSTREAM_HEARTBEAT_S="0",
+            CALLER_NOTICE="x" * 501,
+            MAX_CONNECTIONS="0",
+            REQUEST_TIMEOUT_S="0",
+            MAX_SESSIONS_PER_CLIENT="-1",
+            ALLOWED_HOSTS="https://voice.example.com/",
+        )
+    joined = "\n".join(info.value.problems)
+    for expected in (
+        "MAX_FRAMES_PER_S: must be more than 0",
+        "SESSION_START_TIMEOUT_S: must be more than 0",
+        "UPSTREAM_RECONNECT_S: must be 0 or more",
+        "UPSTREAM_ROTATE_S: must be 0 or more",
+        "RECONNECT_HOLD_AUDIO_MS: expected a whole number, got 'lots'",
+        "CONVERSATION_MAX_CHARS: must be 0 or more",
+        "UPSTREAM_HEARTBEAT_S: must be more than 0",
+        "CALLER_NOTICE: must be at most 500 characters",
+        "MAX_CONNECTIONS: must be more than 0",
+        "REQUEST_TIMEOUT_S: must be more than 0",
+        "MAX_SESSIONS_PER_CLIENT: must be 0 or more",
+        "ALLOWED_HOSTS: expected host names",
+    ):
+        assert expected in joined
+    assert len(info.value.problems) == 12
+
+
+@pytest.mark.parametrize(
+    ("app_host", "allowed", "names"),
+    [
+        ("0.0.0.0", "", {"localhost", "127.0.0.1", "::1"}),
+        ("::", "", {"localhost", "127.0.0.1", "::1"}),
+        ("voice.example.com", "", {"localhost", "127.0.0.1", "::1", "voice.example.com"}),
+        ("10.1.2.3", "", {"localhost", "127.0.0.1", "::1", "10.1.2.3"}),
+        ("0.0.0.0", "voice.example.com", {"voice.example.com"}),
+        ("0.0.0.0", "*", {"*"}),
+    ],
+)
+def test_allowed_host_names_default_to_loopback_and_the_bound_name(
+    app_host: str, allowed: str, names: set[str]
+) -> None:
+    """Without ALLOWED_HOSTS the loopback names and a specific APP_HOST are allowed."""
+    assert make_settings(APP_HOST=app_host, ALLOWED_HOSTS=allowed).host_names == names
+
+
+def test_client_token_may_list_one_token_per_client() -> None:
+    """CLIENT_TOKEN holds one token or several comma-separated ones."""
+    assert make_settings(CLIENT_TOKEN="abc").client_tokens == ("abc",)
+    assert make_settings(CLIENT_TOKEN="abc, def,").client_tokens == ("abc", "def")
+    assert make_settings().client_tokens == ()
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://user:pw-123@res.example.com/", "https://user:***@res.example.com/"),
+        ("wss://tok-123@res.example.com", "wss://***@res.example.com"),
+        (
+            "https://res.example.com/?api-key=k-123&api-version=1",
+            "https://res.example.com/?api-key=%2A%2A%2A&api-version=1",
+        ),
+        ("https://res.example.com/?sig=s-123#frag", "https://res.example.com/?sig=%2A%2A%2A"),
+        (
+            "https://res.example.com/?access_token=t-123",
+            "https://res.example.com/?access_token=%2A%2A%2A",
+        ),
+        ("https://res.example.com", "https://res.example.com"),
+    ],
+)
+def test_mask_url_hides_every_credential(url: str, shown: str) -> None:
+    """A password, a bare userinfo and credential-named query values are masked."""
+    assert mask_url(url) == shown
+
+
+def test_endpoint_credentials_are_masked_in_the_redacted_view() -> None:
+    """Credentials inside AZURE_OPENAI_ENDPOINT never reach the settings shown at start-up."""
+    s = make_settings(
+        **{**AZURE, "AZURE_OPENAI_ENDPOINT": "https://u:pw-xyz@res.example.com/?api-key=k-xyz"}
+    )
+    shown = repr(s) + repr(s.redacted())
+    assert "pw-xyz" not in shown
+    assert "k-xyz" not in shown
+    assert (
+        s.redacted()["azure_openai_endpoint"] == "https://u:***@res.example.com/?api-key=%2A%2A%2A"
+    )

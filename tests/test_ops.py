@@ -157,3 +157,29 @@ async def _flush(server: RedisServer) -> None:
     client = aioredis.from_url(server.url)
     await client.flushdb()
     await client.aclose()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSTOP])
+async def test_delete_for_a_session_on_a_dead_instance_is_404(
+    http: aiohttp.ClientSession,
+    servers: list[ServerProcess],
+    tmp_path: Path,
+    redis_for_ops: RedisServer,
+    sig: signal.Signals,
+) -> None:
+    """DELETE of a session whose instance was just killed (or hangs) answers 404, not 202."""
+    await _flush(redis_for_ops)
+    env = {"SESSION_REGISTRY": redis_for_ops.url, "REGISTRY_TTL_S": "30"}
+    a = await start_server(servers, tmp_path, **env)
+    b = await start_server(servers, tmp_path, **env)
+    _voice, id_a = await open_session(http, a)
+    assert id_a in {s["session_id"] for s in (await sessions_of(http, b))["sessions"]}
+    a.signal(sig)
+    try:
+        async with http.delete(f"{b.url}/sessions/{id_a}") as resp:
+            assert resp.status == 404
+            assert (await resp.json())["code"] == "not_found"
+    finally:
+        if sig == signal.SIGSTOP:
+            a.signal(signal.SIGKILL)
+        await a.wait(10)

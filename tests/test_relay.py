@@ -237,9 +237,9 @@ async def test_upstream_connect_timeout(make_client: MakeClient) -> None:
 async def test_upstream_drops_mid_response(
     start_emu: StartEmulator, make_client: MakeClient
 ) -> None:
-    """The upstream vanishing mid-response: the client is told and closed with 1011."""
+    """With reconnection off, the upstream vanishing mid-response: told, closed with 1011."""
     emu = await start_emu(close_after_events=12, realtime=True)
-    client = await make_client(relay_settings(emu))
+    client = await make_client(relay_settings(emu, UPSTREAM_RECONNECT_S="0"))
     voice = await started(client)
     await voice.ws.send_json({"type": "text", "text": "Tell me a long story please."})
     error = await voice.until_type("error")

@@ -6,7 +6,12 @@ everything shared lives behind the ``web.AppKey`` of :class:`voicebridge.state.A
 ``serve(settings)`` runs it with signal handling of its own, because a graceful drain must
 keep the listening socket open (``/health`` answering 503 so a load balancer stops
 routing, new upgrades refused with 503) while live calls finish, which ``web.run_app``
-cannot do: it stops listening before ``on_shutdown`` runs.
+cannot do: it stops listening before ``on_shutdown`` runs. It listens through
+:class:`voicebridge.http_guard.ConnectionGuard`, which caps open connections.
+
+Before any route runs, the Host header must name this server (``ALLOWED_HOSTS``): that
+is what makes the origin check and the loopback-only admin rule mean anything against
+DNS rebinding.
 """
 
 from __future__ import annotations
@@ -20,9 +25,10 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 
-from voicebridge import errors, ops, ws_voice
+from voicebridge import access, errors, ops, ws_voice
 from voicebridge.access import LOOPBACK_HOSTS
-from voicebridge.config import Settings
+from voicebridge.config import WILDCARD_HOSTS, Settings, mask_url
+from voicebridge.http_guard import SECURITY_HEADERS, ConnectionGuard, HttpErrorLog
 from voicebridge.metrics import Metrics
 from voicebridge.registry import SessionRegistry, SessionSnapshot, create_registry
 from voicebridge.relay import UpstreamConfig
@@ -35,7 +41,20 @@ log = structlog.get_logger(__name__)
 
 def create_app(settings: Settings, *, registry: SessionRegistry | None = None) -> web.Application:
     """Build the application; nothing runs until an AppRunner starts it."""
-    app = web.Application(middlewares=[_security_headers])
+    app = web.Application(
+        middlewares=[_allowed_host],
+        handler_args={
+            # A connection must complete a request head within REQUEST_TIMEOUT_S of opening
+            # or of its previous response (aiohttp's keep-alive timer runs from the start
+            # of a connection and closes it while no request is in progress); a body no
+            # handler reads is drained for as long at most.
+            "keepalive_timeout": settings.request_timeout_s,
+            "lingering_time": settings.request_timeout_s,
+            "logger": HttpErrorLog(),
+        },
+    )
+    # Every response, including errors raised as exceptions and aiohttp's own 404/405.
+    app.on_response_prepare.append(_security_headers)
     if registry is None:
         registry = create_registry(
             settings.session_registry,
@@ -78,7 +97,7 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
             api_version=s.azure_api_version,
             backend="azure",
         )
-        log.info("app.upstream", backend="azure", endpoint=s.azure_openai_endpoint)
+        log.info("app.upstream", backend="azure", endpoint=mask_url(s.azure_openai_endpoint))
         yield
         return
     from voicebridge.emulator import EmulatorOptions, start_emulator
@@ -154,13 +173,28 @@ async def _drain_sessions(app: web.Application) -> None:
 
 
 @web.middleware
-async def _security_headers(
+async def _allowed_host(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    response = await handler(request)
-    response.headers.setdefault("X-Content-Type-Options", "nosniff")
-    response.headers.setdefault("Referrer-Policy", "no-referrer")
-    return response
+    """421 for a Host this server does not serve, before any route. /health answers any
+    Host: load balancers probe by address, and it holds nothing a rebound page could use."""
+    state = request.app[STATE]
+    host = request.headers.get("Host")
+    if request.path != "/health" and not access.host_ok(host, state.host_names):
+        state.limited_log.warning(
+            log, "http.host_refused", host=access.loggable(host), remote=request.remote
+        )
+        raise ops.json_error(
+            web.HTTPMisdirectedRequest,
+            "this server does not serve that host name",
+            errors.ERR_HOST_NOT_ALLOWED,
+        )
+    return await handler(request)
+
+
+async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
 
 
 # -- running ----------------------------------------------------------------------------
@@ -178,19 +212,82 @@ def _warn_about_open_access(settings: Settings) -> None:
     if public and not settings.admin_token:
         log.warning(
             "app.admin_loopback_only",
-            note="ADMIN_TOKEN is not set: /sessions answers loopback clients only; behind a "
-            "reverse proxy on the same host every request looks like loopback, so set it",
+            note="ADMIN_TOKEN is not set: /sessions answers only loopback clients that name "
+            "a loopback Host (a reverse proxy passing the public name on is refused)",
+        )
+    if "*" in settings.allowed_hosts:
+        log.warning(
+            "app.any_host",
+            note="ALLOWED_HOSTS=*: requests naming any host are served, so a DNS-rebinding "
+            "page can reach /ws/voice; list the public names instead",
+        )
+    elif not settings.allowed_hosts and settings.app_host in WILDCARD_HOSTS:
+        log.info(
+            "app.allowed_hosts",
+            hosts=sorted(settings.host_names),
+            note="ALLOWED_HOSTS is not set: requests must name a loopback host; set it to "
+            "the public name the server is reached by",
+        )
+    if settings.max_connections < settings.max_sessions:
+        log.warning(
+            "app.connections_below_sessions",
+            max_connections=settings.max_connections,
+            max_sessions=settings.max_sessions,
+            note="every session holds a connection: MAX_SESSIONS cannot be reached",
+        )
+
+
+def _raise_fd_limit(settings: Settings) -> None:
+    """Make room for MAX_CONNECTIONS: raise the soft descriptor limit towards the hard one.
+
+    Each connection is a descriptor, each session's upstream another (a third with the
+    built-in emulator), plus those waiting to be refused and a margin for files and Redis.
+    If the hard limit is too low, say so: past it, accept() fails and /health with it.
+    """
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return
+    sessions = min(settings.max_sessions, settings.max_connections)
+    need = settings.max_connections * 12 // 10 + 2 * sessions + 256
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < need:
+        target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    if soft != resource.RLIM_INFINITY and soft < need:
+        log.warning(
+            "app.fd_limit",
+            limit=soft,
+            needed=need,
+            note="the file-descriptor limit is below what MAX_CONNECTIONS and MAX_SESSIONS "
+            "need; raise it (ulimit -n, LimitNOFILE=) or lower MAX_CONNECTIONS",
         )
 
 
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM/SIGINT, then drain: 503 on /health, sessions finish, exit."""
     _warn_about_open_access(settings)
+    _raise_fd_limit(settings)
     app = create_app(settings)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, settings.app_host, settings.app_port)
-    await site.start()
+    assert runner.server is not None
+    guard = ConnectionGuard(
+        runner.server,
+        max_connections=settings.max_connections,
+        request_timeout_s=settings.request_timeout_s,
+        limited_log=app[STATE].limited_log,
+    )
+    loop = asyncio.get_running_loop()
+    # Not a web.TCPSite: a site listens with the runner's protocol factory as is, and the
+    # cap needs a say in each accepted connection.
+    listener = await loop.create_server(
+        guard, settings.app_host or None, settings.app_port, backlog=128
+    )
     shown_host = "localhost" if settings.app_host in {"0.0.0.0", "::", ""} else settings.app_host
     log.info(
         "app.listening",
@@ -199,7 +296,6 @@ async def serve(settings: Settings) -> None:
         open=f"http://{shown_host}:{settings.app_port}/",
     )
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
@@ -210,5 +306,6 @@ async def serve(settings: Settings) -> None:
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+        listener.close()  # stop accepting; the runner then closes what is open
         await runner.cleanup()
         log.info("app.stopped")

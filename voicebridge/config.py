@@ -8,6 +8,7 @@ raised together as one :class:`ConfigError`, so a user fixes a bad ``.env`` in o
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,6 +25,7 @@ OPENAI_VOICES = frozenset(
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DEFAULT_API_VERSION = "2026-07-15"
 MASK = "***"
+CALLER_NOTICE_MAX_CHARS = 500
 
 
 class ConfigError(Exception):
@@ -34,17 +36,50 @@ class ConfigError(Exception):
         super().__init__("invalid settings:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
+# Query parameters whose value is a credential (api-key, access_token, sig, password...).
+_SECRET_QUERY = re.compile(r"key|token|pass|secret|sig|auth|credential|code", re.IGNORECASE)
+
+
+def mask_url(url: str) -> str:
+    """The URL with its credentials replaced by ``***``, for logs and error messages: the
+    password in the userinfo (a userinfo without one is masked whole: it may be a token),
+    and the value of any query parameter named like a credential (``api-key``, ``token``,
+    ``password``, ``sig``...)."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if "@" in netloc:
+            userinfo, _, hostinfo = netloc.rpartition("@")
+            user, colon, _password = userinfo.partition(":")
+            netloc = f"{user}:***@{hostinfo}" if colon else f"***@{hostinfo}"
+        query = parts.query
+        if query:
+            pairs = parse_qsl(query, keep_blank_values=True)
+            if any(_SECRET_QUERY.search(k) for k, _ in pairs):
+                query = urlencode([(k, MASK if _SECRET_QUERY.search(k) else v) for k, v in pairs])
+        return urlunsplit(parts._replace(netloc=netloc, query=query, fragment=""))
+    except ValueError:
+        return "<unparsable url>"
+
+
 @attrs.frozen
 class Settings:
     """The effective configuration of one voicebridge process."""
 
     # Upstream (Azure AI Voice Live, or the built-in emulator)
     voicelive_backend: str = "emulator"
-    azure_openai_endpoint: str = ""
+    # A URL may hold a credential: repr shows it masked.
+    azure_openai_endpoint: str = attrs.field(default="", repr=mask_url)
     azure_openai_key: str = attrs.field(default="", repr=False)
     azure_openai_deployment: str = ""
     azure_api_version: str = DEFAULT_API_VERSION
     upstream_connect_timeout_s: float = 10.0
+    # Continuity (used by the relay): reconnect and rotate the upstream, keep the record.
+    upstream_reconnect_s: float = 15.0
+    upstream_rotate_s: float = 0.0
+    upstream_heartbeat_s: float = 5.0
+    reconnect_hold_audio_ms: int = 5000
+    conversation_max_chars: int = 20000
 
     # The agent
     voice_name: str = "alloy"
@@ -53,6 +88,7 @@ class Settings:
     vad_silence_duration_ms: int = 500
     agent_instructions_file: Path = Path("agent_instructions.md")
     enable_proactive_greeting: bool = False
+    caller_notice: str = ""
 
     # Server
     app_host: str = "0.0.0.0"
@@ -60,6 +96,8 @@ class Settings:
     static_dir: Path = Path("static")
     log_level: str = "INFO"
     log_format: str = "console"
+    max_connections: int = 1000
+    request_timeout_s: float = 5.0
 
     # Sessions and limits
     session_registry: str = attrs.field(default="memory", repr=False)
@@ -67,12 +105,15 @@ class Settings:
     session_max_duration_s: float = 1500.0
     session_warning_s: float = 60.0
     session_idle_timeout_s: float = 120.0
+    session_start_timeout_s: float = 20.0
+    max_sessions_per_client: int = 10
     shutdown_grace_s: float = 10.0
     max_frame_bytes: int = 65536
     client_send_buffer_ms: int = 3000
     client_send_timeout_s: float = 5.0
     client_text_per_min: int = 20
     max_audio_rate: float = 1.5
+    max_frames_per_s: float = 200.0
     rate_window_s: float = 10.0
     registry_heartbeat_s: float = 5.0
     registry_ttl_s: float = 15.0
@@ -81,10 +122,28 @@ class Settings:
     client_token: str = attrs.field(default="", repr=False)
     admin_token: str = attrs.field(default="", repr=False)
     allowed_origins: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()
 
     @property
     def uses_emulator(self) -> bool:
         return self.voicelive_backend == "emulator"
+
+    @property
+    def client_tokens(self) -> tuple[str, ...]:
+        """The accepted client tokens: ``CLIENT_TOKEN`` holds one, or several
+        comma-separated (one per client; a comma cannot travel in a subprotocol anyway)."""
+        return tuple(t for t in (p.strip() for p in self.client_token.split(",")) if t)
+
+    @property
+    def host_names(self) -> frozenset[str]:
+        """The Host names requests may carry: ``ALLOWED_HOSTS``, or by default the loopback
+        names plus ``APP_HOST`` when it names one address rather than every one."""
+        if self.allowed_hosts:
+            return frozenset(self.allowed_hosts)
+        names = set(LOOPBACK_NAMES)
+        if self.app_host not in WILDCARD_HOSTS:
+            names.add(normalise_host(self.app_host))
+        return frozenset(names)
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> Settings:
@@ -98,7 +157,7 @@ class Settings:
             value = getattr(self, field.name)
             if field.name in _SECRET_FIELDS:
                 value = MASK if value else ""
-            elif field.name == "session_registry":
+            elif field.name in _URL_FIELDS:
                 value = mask_url(value)
             elif isinstance(value, Path):
                 value = str(value)
@@ -113,29 +172,30 @@ class Settings:
 
 
 _SECRET_FIELDS = frozenset({"azure_openai_key", "client_token", "admin_token"})
+# Settings holding a URL: shown through mask_url, since a URL can carry a credential.
+_URL_FIELDS = frozenset({"session_registry", "azure_openai_endpoint"})
+
+#: Host names that always mean this machine.
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+#: APP_HOST values that bind every address, so name no host.
+WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "[::]"})
 
 
-def mask_url(url: str) -> str:
-    """The URL with its password (in the userinfo or a ``password=`` query) replaced by
-    ``***``, for logs and error messages."""
-    try:
-        parts = urlsplit(url)
-        netloc = parts.netloc
-        if parts.password is not None:
-            userinfo, _, hostinfo = netloc.rpartition("@")
-            user = userinfo.partition(":")[0]
-            netloc = f"{user}:***@{hostinfo}"
-        query = parts.query
-        if "password" in query:
-            query = urlencode(
-                [
-                    (k, "***" if k == "password" else v)
-                    for k, v in parse_qsl(query, keep_blank_values=True)
-                ]
-            )
-        return urlunsplit(parts._replace(netloc=netloc, query=query))
-    except ValueError:
-        return "<unparsable redis url>"
+def normalise_host(host: str) -> str:
+    """A Host header or host name as ALLOWED_HOSTS compares it: lower case, no port, no
+    brackets around an IPv6 address, no trailing dot. A Host that cannot be parsed comes
+    back empty (and so matches nothing)."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        inside, bracket, rest = host[1:].partition("]")
+        if not bracket or (rest and not (rest.startswith(":") and rest[1:].isdigit())):
+            return ""
+        host = inside
+    elif host.count(":") == 1:
+        host, _, port = host.partition(":")
+        if not port.isdigit():
+            return ""
+    return host.rstrip(".")
 
 
 def _parse_bool(raw: str) -> bool:
@@ -163,6 +223,23 @@ def _parse_int(raw: str) -> int:
 
 def _parse_list(raw: str) -> tuple[str, ...]:
     return tuple(item.strip().rstrip("/") for item in raw.split(",") if item.strip())
+
+
+def _parse_hosts(raw: str) -> tuple[str, ...]:
+    hosts = []
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        if item == "*":
+            hosts.append(item)
+            continue
+        if "/" in item or "@" in item:
+            raise ValueError(f"expected host names such as app.example.com, got {item!r}")
+        host = normalise_host(item)
+        if not host:
+            raise ValueError(f"not a host name: {item!r}")
+        hosts.append(host)
+    return tuple(hosts)
 
 
 class _Loader:
@@ -214,11 +291,23 @@ class _Loader:
             "enable_proactive_greeting": g(
                 "ENABLE_PROACTIVE_GREETING", _parse_bool, d.enable_proactive_greeting
             ),
+            "caller_notice": g("CALLER_NOTICE", str, d.caller_notice),
+            "upstream_reconnect_s": g("UPSTREAM_RECONNECT_S", _parse_float, d.upstream_reconnect_s),
+            "upstream_rotate_s": g("UPSTREAM_ROTATE_S", _parse_float, d.upstream_rotate_s),
+            "upstream_heartbeat_s": g("UPSTREAM_HEARTBEAT_S", _parse_float, d.upstream_heartbeat_s),
+            "reconnect_hold_audio_ms": g(
+                "RECONNECT_HOLD_AUDIO_MS", _parse_int, d.reconnect_hold_audio_ms
+            ),
+            "conversation_max_chars": g(
+                "CONVERSATION_MAX_CHARS", _parse_int, d.conversation_max_chars
+            ),
             "app_host": g("APP_HOST", str, d.app_host),
             "app_port": g("APP_PORT", _parse_int, d.app_port),
             "static_dir": g("STATIC_DIR", Path, d.static_dir),
             "log_level": g("LOG_LEVEL", str, d.log_level).upper(),
             "log_format": g("LOG_FORMAT", str, d.log_format).lower(),
+            "max_connections": g("MAX_CONNECTIONS", _parse_int, d.max_connections),
+            "request_timeout_s": g("REQUEST_TIMEOUT_S", _parse_float, d.request_timeout_s),
             "session_registry": g("SESSION_REGISTRY", str, d.session_registry),
             "max_sessions": g("MAX_SESSIONS", _parse_int, d.max_sessions),
             "session_max_duration_s": g(
@@ -227,6 +316,12 @@ class _Loader:
             "session_warning_s": g("SESSION_WARNING_S", _parse_float, d.session_warning_s),
             "session_idle_timeout_s": g(
                 "SESSION_IDLE_TIMEOUT_S", _parse_float, d.session_idle_timeout_s
+            ),
+            "session_start_timeout_s": g(
+                "SESSION_START_TIMEOUT_S", _parse_float, d.session_start_timeout_s
+            ),
+            "max_sessions_per_client": g(
+                "MAX_SESSIONS_PER_CLIENT", _parse_int, d.max_sessions_per_client
             ),
             "shutdown_grace_s": g("SHUTDOWN_GRACE_S", _parse_float, d.shutdown_grace_s),
             "max_frame_bytes": g("MAX_FRAME_BYTES", _parse_int, d.max_frame_bytes),
@@ -238,12 +333,14 @@ class _Loader:
             ),
             "client_text_per_min": g("CLIENT_TEXT_PER_MIN", _parse_int, d.client_text_per_min),
             "max_audio_rate": g("MAX_AUDIO_RATE", _parse_float, d.max_audio_rate),
+            "max_frames_per_s": g("MAX_FRAMES_PER_S", _parse_float, d.max_frames_per_s),
             "rate_window_s": g("RATE_WINDOW_S", _parse_float, d.rate_window_s),
             "registry_heartbeat_s": g("REGISTRY_HEARTBEAT_S", _parse_float, d.registry_heartbeat_s),
             "registry_ttl_s": g("REGISTRY_TTL_S", _parse_float, d.registry_ttl_s),
             "client_token": g("CLIENT_TOKEN", str, ""),
             "admin_token": g("ADMIN_TOKEN", str, ""),
             "allowed_origins": g("ALLOWED_ORIGINS", _parse_list, d.allowed_origins),
+            "allowed_hosts": g("ALLOWED_HOSTS", _parse_hosts, d.allowed_hosts),
         }
         self.validate(values)
         if self.problems:
@@ -293,6 +390,7 @@ class _Loader:
             ("MAX_FRAME_BYTES", "max_frame_bytes"),
             ("CLIENT_SEND_BUFFER_MS", "client_send_buffer_ms"),
             ("CLIENT_TEXT_PER_MIN", "client_text_per_min"),
+            ("MAX_CONNECTIONS", "max_connections"),
         ):
             c(v[key] > 0, f"{name}: must be more than 0")
         for name, key in (
@@ -304,10 +402,27 @@ class _Loader:
             ("CLIENT_SEND_TIMEOUT_S", "client_send_timeout_s"),
             ("REGISTRY_HEARTBEAT_S", "registry_heartbeat_s"),
             ("REGISTRY_TTL_S", "registry_ttl_s"),
+            ("MAX_FRAMES_PER_S", "max_frames_per_s"),
+            ("SESSION_START_TIMEOUT_S", "session_start_timeout_s"),
+            ("UPSTREAM_HEARTBEAT_S", "upstream_heartbeat_s"),
+            ("REQUEST_TIMEOUT_S", "request_timeout_s"),
         ):
             c(v[key] > 0, f"{name}: must be more than 0")
-        c(v["shutdown_grace_s"] >= 0, "SHUTDOWN_GRACE_S: must be 0 or more")
-        c(v["session_warning_s"] >= 0, "SESSION_WARNING_S: must be 0 or more")
+        for name, key in (
+            ("SHUTDOWN_GRACE_S", "shutdown_grace_s"),
+            ("SESSION_WARNING_S", "session_warning_s"),
+            ("UPSTREAM_RECONNECT_S", "upstream_reconnect_s"),
+            ("UPSTREAM_ROTATE_S", "upstream_rotate_s"),
+            ("RECONNECT_HOLD_AUDIO_MS", "reconnect_hold_audio_ms"),
+            ("CONVERSATION_MAX_CHARS", "conversation_max_chars"),
+            ("MAX_SESSIONS_PER_CLIENT", "max_sessions_per_client"),
+        ):
+            c(v[key] >= 0, f"{name}: must be 0 or more")
+        c(
+            len(v["caller_notice"]) <= CALLER_NOTICE_MAX_CHARS,
+            f"CALLER_NOTICE: must be at most {CALLER_NOTICE_MAX_CHARS} characters",
+        )
+
         c(
             v["registry_ttl_s"] > v["registry_heartbeat_s"],
             "REGISTRY_TTL_S: must be longer than REGISTRY_HEARTBEAT_S",

@@ -65,6 +65,12 @@ SERVER_MESSAGES = [
     ),
     (
         "text",
+        '{"type": "status", "status": "reconnecting", "code": "upstream_closed|'
+        'response_interrupted"} : the Voice Live connection ended; the call carries on over '
+        "a new one and ready follows",
+    ),
+    (
+        "text",
         '{"type": "status", "status": "ended", "code": "...", "message": "..."} : '
         "ended by an operator, a time limit, idleness or shutdown; then the socket closes",
     ),

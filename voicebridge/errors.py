@@ -40,6 +40,8 @@ ERR_INTERNAL: Final = "internal_error"
 ERR_UNAUTHORIZED: Final = "unauthorized"
 ERR_FORBIDDEN_ORIGIN: Final = "forbidden_origin"
 ERR_NOT_FOUND: Final = "not_found"
+ERR_RESPONSE_INTERRUPTED: Final = "response_interrupted"
+ERR_HOST_NOT_ALLOWED: Final = "host_not_allowed"
 
 
 @attrs.frozen
@@ -70,11 +72,17 @@ CODES: Final[dict[str, CodeInfo]] = {
     ERR_UNAUTHORIZED: CodeInfo(CLOSE_POLICY, False, "a valid client token is required"),
     ERR_FORBIDDEN_ORIGIN: CodeInfo(CLOSE_POLICY, False, "the page's origin is not allowed"),
     ERR_NOT_FOUND: CodeInfo(None, False, "an admin route named no live session (HTTP 404)"),
+    ERR_HOST_NOT_ALLOWED: CodeInfo(
+        None, False, "the request's Host is not in ALLOWED_HOSTS (HTTP 421)"
+    ),
     # The network, not the client, is at fault: a reconnect may well work.
     ERR_SLOW_CONSUMER: CodeInfo(CLOSE_TRY_AGAIN, True, "the client did not read its audio"),
     ERR_CAPACITY: CodeInfo(CLOSE_TRY_AGAIN, True, "the server is at its session limit"),
     ERR_UPSTREAM_CONNECT: CodeInfo(CLOSE_UPSTREAM, True, "Voice Live could not be reached"),
     ERR_UPSTREAM_CLOSED: CodeInfo(CLOSE_UPSTREAM, True, "the Voice Live connection closed"),
+    # In `status: reconnecting`: the call goes on over a new connection; the answer that was
+    # playing is cut short.
+    ERR_RESPONSE_INTERRUPTED: CodeInfo(None, False, "an answer was cut by a lost connection"),
     ERR_INTERNAL: CodeInfo(CLOSE_UPSTREAM, True, "an unexpected server error"),
     ERR_SHUTDOWN: CodeInfo(CLOSE_GOING_AWAY, True, "the server is restarting"),
     # Ended on purpose: a new conversation is the user's choice.

@@ -31,6 +31,7 @@ VOICE_LIVE_ERROR_CODES: Final = frozenset(
         "item_not_found",
         "item_truncate_invalid_audio_end_ms",
         "emulator_injected_fault",
+        "session_expired",
     }
 )
 OTHER_ERROR: Final = "other"
@@ -61,6 +62,7 @@ class Metrics:
     errors: Counter = attrs.field(init=False)
     upstream_connect: Histogram = attrs.field(init=False)
     send_overflows: Counter = attrs.field(init=False)
+    upstream_reconnects: Counter = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         r = self.registry
@@ -96,6 +98,13 @@ class Metrics:
         self.send_overflows = Counter(
             "voicebridge_send_buffer_overflows",
             "Sessions ended because the client did not read its audio",
+            registry=r,
+        )
+        self.upstream_reconnects = Counter(
+            "voicebridge_upstream_reconnects",
+            "Voice Live connections replaced mid-session, by cause (lost, rotation) and "
+            "outcome (restored, failed)",
+            ["cause", "outcome"],
             registry=r,
         )
 

@@ -52,6 +52,7 @@ async def client_config(request: web.Request) -> web.Response:
         {
             "backend": s.voicelive_backend,
             "client_token_required": bool(s.client_token),
+            "caller_notice": s.caller_notice,
             "sample_rate": protocol.SAMPLE_RATE,
             "version": __version__,
         }
@@ -83,7 +84,8 @@ async def metrics(request: web.Request) -> web.Response:
 
 def _require_admin(request: web.Request) -> None:
     expected = request.app[STATE].settings.admin_token
-    if not access.admin_ok(request.headers.get("Authorization", ""), request.remote, expected):
+    authorization = request.headers.get("Authorization", "")
+    if not access.admin_ok(authorization, request.remote, request.headers.get("Host"), expected):
         raise web.HTTPUnauthorized(
             text=json.dumps({"error": "admin token required", "code": errors.ERR_UNAUTHORIZED}),
             content_type="application/json",

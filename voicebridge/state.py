@@ -34,6 +34,13 @@ class AppState:
     # Failures that must not stop a request (a registry unregister) are logged through
     # this, once a minute per event, so a broken registry does not flood the log.
     limited_log: LimitedLog = attrs.field(factory=LimitedLog)
+    # The Host names requests may carry (ALLOWED_HOSTS, or its default), worked out once.
+    host_names: frozenset[str] = attrs.field(
+        default=attrs.Factory(lambda self: self.settings.host_names, takes_self=True)
+    )
+    # Sessions each client holds on this instance (MAX_SESSIONS_PER_CLIENT), by
+    # voicebridge.access.client_key; a client with none has no entry.
+    client_sessions: dict[str, int] = attrs.field(factory=dict)
 
 
 STATE = web.AppKey("state", AppState)

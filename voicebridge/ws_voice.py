@@ -2,8 +2,9 @@
 
 The handler owns what sits around a session: it refuses the upgrade while draining, for a
 missing client token or a foreign origin (rules in :mod:`voicebridge.access`), upgrades
-without compression, registers the session against the cap, hands the socket to
-:class:`voicebridge.relay.Session` and unregisters it however the session ends.
+without compression, counts the session against its client's limit and registers it
+against the cap, hands the socket to :class:`voicebridge.relay.Session` and releases both
+however the session ends.
 """
 
 from __future__ import annotations
@@ -26,29 +27,64 @@ async def voice_ws(request: web.Request) -> web.StreamResponse:
     if state.draining:
         raise json_error(web.HTTPServiceUnavailable, "server is shutting down", errors.ERR_SHUTDOWN)
     offered = request.headers.get("Sec-WebSocket-Protocol", "")
-    if s.client_token and not access.client_token_ok(
-        request.query.get("token", ""), offered, s.client_token
-    ):
-        log.info("ws.rejected", reason="token", remote=request.remote)
-        raise json_error(
-            web.HTTPUnauthorized, "a valid client token is required", errors.ERR_UNAUTHORIZED
-        )
+    tokens = s.client_tokens
+    token: str | None = None
+    if tokens:
+        token = access.find_client_token(request.query.get("token", ""), offered, tokens)
+        if token is None:
+            log.info("ws.rejected", reason="token", remote=request.remote)
+            raise json_error(
+                web.HTTPUnauthorized, "a valid client token is required", errors.ERR_UNAUTHORIZED
+            )
     origin = request.headers.get("Origin")
-    if not access.origin_ok(origin, request.host, s.allowed_origins):
-        log.info("ws.rejected", reason="origin", origin=origin)
+    if not access.origin_ok(origin, request.headers.get("Host", ""), s.allowed_origins):
+        log.info("ws.rejected", reason="origin", origin=access.loggable(origin))
         raise json_error(web.HTTPForbidden, "origin not allowed", errors.ERR_FORBIDDEN_ORIGIN)
-    upstream = state.upstream
-    assert upstream is not None
 
     ws = web.WebSocketResponse(
-        protocols=access.choose_protocol(offered),
+        protocols=access.choose_protocol(offered, tokens),
         max_msg_size=s.max_frame_bytes * 4,
         timeout=2.0,
         heartbeat=30.0,
         # No permessage-deflate: PCM audio barely compresses, and deflate per frame costs
         # CPU and latency on every one of them (aiohttp negotiates it by default).
         compress=False,
+        # The relay answers pings itself, so they count against MAX_FRAMES_PER_S and a
+        # ping flood costs what any other flood does.
+        autoping=False,
     )
+    client = access.client_key(token, request.remote, tokens)
+    held = state.client_sessions.get(client, 0)
+    limit = s.max_sessions_per_client
+    if limit and held >= limit:
+        await ws.prepare(request)
+        state.limited_log.warning(log, "ws.client_limit", client=client, limit=limit)
+        state.metrics.count_error(errors.ERR_CAPACITY)
+        await ws.send_str(
+            protocol.error(
+                f"this client already has {held} sessions open, the most allowed; "
+                "end one and try again",
+                errors.ERR_CAPACITY,
+            )
+        )
+        await ws.close(code=errors.CLOSE_TRY_AGAIN, message=b"too many sessions for this client")
+        return ws
+    # Counted before the upgrade is awaited, so concurrent upgrades cannot all slip in.
+    state.client_sessions[client] = held + 1
+    try:
+        return await _relay(request, ws)
+    finally:
+        left = state.client_sessions.pop(client, 1) - 1
+        if left > 0:
+            state.client_sessions[client] = left
+
+
+async def _relay(request: web.Request, ws: web.WebSocketResponse) -> web.WebSocketResponse:
+    """Upgrade, register against the cap, run the session, unregister."""
+    state = request.app[STATE]
+    s = state.settings
+    upstream = state.upstream
+    assert upstream is not None
     await ws.prepare(request)
     session = state.session_class(
         request=request,

@@ -17,6 +17,8 @@ const TABLE = {
   "unauthorized": { "close": 1008, "retry": false },
   "forbidden_origin": { "close": 1008, "retry": false },
   "not_found": { "close": null, "retry": false },
+  "host_not_allowed": { "close": null, "retry": false },
+  "response_interrupted": { "close": null, "retry": false },
   "slow_consumer": { "close": 1013, "retry": true },
   "at_capacity": { "close": 1013, "retry": true },
   "upstream_connect_failed": { "close": 1011, "retry": true },

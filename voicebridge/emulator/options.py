@@ -68,6 +68,10 @@ class EmulatorOptions:
     error_mid_response: bool = False
     #: Duration of the audio carried by each `response.audio.delta`.
     chunk_ms: int = attrs.field(default=100, validator=_positive_int)
+    #: The service's cap on one connection: `expires_at` in `session.created`, and at the cap
+    #: an `error` with code `session_expired`, then close 1001 (the real cap is about 30
+    #: minutes for realtime models; Voice Live API reference, "session.created").
+    session_cap_s: float | None = attrs.field(default=None, validator=_optional_positive_float)
     #: Longest utterance (or manually buffered audio) kept in memory; a longer turn is
     #: ended by the server as if the speaker had paused.
     max_utterance_s: float = attrs.field(default=30.0, validator=_positive_float)
@@ -108,6 +112,13 @@ def add_emulator_arguments(parser: argparse.ArgumentParser) -> None:
         help="drop every connection abruptly after sending N events",
     )
     parser.add_argument(
+        "--session-cap-s",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="expire every connection this long after it opens (session_expired, close 1001)",
+    )
+    parser.add_argument(
         "--first-audio-delay-s",
         type=float,
         default=0.0,
@@ -140,6 +151,7 @@ def options_from_args(args: argparse.Namespace) -> EmulatorOptions:
         refuse_connections=args.refuse,
         close_after_s=args.close_after_s,
         close_after_events=args.close_after_events,
+        session_cap_s=args.session_cap_s,
         first_audio_delay_s=args.first_audio_delay_s,
         error_mid_response=args.error_mid_response,
         chunk_ms=args.chunk_ms,

@@ -89,6 +89,23 @@ def error_event(event_id: str, error: ProtocolError, client_event_id: str | None
     }
 
 
+ERR_SESSION_EXPIRED = "session_expired"
+
+
+def session_expired_event(event_id: str, cap_s: float) -> JSON:
+    """The `error` the service sends when a connection reaches its maximum duration, just
+    before it closes the socket with 1001 (Voice Live API reference: the session's
+    `expires_at`; the code is `session_expired`)."""
+    return error_event(
+        event_id,
+        ProtocolError(
+            ERR_SESSION_EXPIRED,
+            f"Your session hit the maximum duration of {cap_s:g} seconds.",
+        ),
+        None,
+    )
+
+
 # --- session configuration ---------------------------------------------------------------
 
 OPENAI_VOICES = frozenset(

@@ -16,7 +16,7 @@ import collections
 import hmac
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any
@@ -26,6 +26,7 @@ import orjson
 import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from voicebridge.emulator import protocol as p
 from voicebridge.emulator.options import EmulatorOptions
 from voicebridge.emulator.session import EmulatorSession
 
@@ -50,6 +51,17 @@ class EmulatorState:
     #: on any connection: what tests check the emulator was asked to do.
     event_counts: collections.Counter[str] = attrs.field(factory=collections.Counter)
     last_events: dict[str, dict[str, Any]] = attrs.field(factory=dict)
+    #: Client events received on all connections (how many frames the client sent).
+    events_received: int = 0
+    #: Handshakes still to refuse, and with which HTTP status (`refuse_next`).
+    refusals_left: int = 0
+    refusal_status: int = 503
+    #: How to drop each live connection abruptly (`drop_connections`).
+    droppers: set[Callable[[str], None]] = attrs.field(factory=set)
+    #: How to make each live connection go silent (`freeze_connections`).
+    freezers: set[Callable[[], None]] = attrs.field(factory=set)
+    #: The most recent connection's session: what tests read its conversation from.
+    last_session: EmulatorSession | None = None
     changed: asyncio.Condition = attrs.field(factory=asyncio.Condition)
 
     async def _notify(self) -> None:
@@ -84,6 +96,13 @@ async def _realtime(request: web.Request) -> web.StreamResponse:
     if options.refuse_connections:
         log.info("emulator.rejected", reason="refuse_connections", peer=peer)
         return _error_response(503, "ServiceUnavailable", "The emulator is refusing connections.")
+    if state.refusals_left > 0:
+        state.refusals_left -= 1
+        status = state.refusal_status
+        log.info("emulator.rejected", reason="refuse_next", status=status, peer=peer)
+        if status == 429:
+            return _error_response(429, "TooManyRequests", "Rate limit exceeded; retry later.")
+        return _error_response(status, "ServiceUnavailable", "The service is unavailable.")
     missing = [name for name in ("api-version", "model") if not request.query.get(name)]
     if missing:
         log.info("emulator.rejected", reason="bad_query", missing=missing, peer=peer)
@@ -112,6 +131,7 @@ async def _realtime(request: web.Request) -> web.StreamResponse:
     await state._notify()
 
     sent = 0
+    frozen = False
     close_after_events = options.close_after_events
 
     def drop(fault: str) -> None:
@@ -122,8 +142,8 @@ async def _realtime(request: web.Request) -> web.StreamResponse:
 
     async def send(event: dict[str, Any]) -> None:
         nonlocal sent
-        if ws.closed or (transport is not None and transport.is_closing()):
-            return  # nobody is listening any more
+        if frozen or ws.closed or (transport is not None and transport.is_closing()):
+            return  # nobody is listening any more, or the emulator plays dead
         try:
             await ws.send_frame(orjson.dumps(event), WSMsgType.TEXT)
         except ConnectionError:
@@ -146,20 +166,50 @@ async def _realtime(request: web.Request) -> web.StreamResponse:
         api_version=request.query["api-version"],
         peer=peer,
     )
+    state.last_session = session
+    state.droppers.add(drop)
+
+    def freeze() -> None:
+        # A frozen process or a network black hole: nothing is read (pings go unanswered)
+        # and nothing more is sent, but the TCP connection stays up.
+        nonlocal frozen
+        frozen = True
+        if transport is not None:
+            transport.pause_reading()
+
+    state.freezers.add(freeze)
     timer = None
     if options.close_after_s is not None:
         timer = asyncio.get_running_loop().call_later(options.close_after_s, drop, "close_after_s")
+    expiry: asyncio.Task[None] | None = None
+    if options.session_cap_s is not None:
+        cap = options.session_cap_s
+        session.config["expires_at"] = int(time.time() + cap)
+
+        async def expire() -> None:
+            # As the service does at its cap: say why, then close with 1001.
+            await asyncio.sleep(cap)
+            log.info("emulator.session_expired", cap_s=cap)
+            await send(p.session_expired_event(session.ids.new("event"), cap))
+            await ws.close(code=WSCloseCode.GOING_AWAY, message=b"session_expired")
+
+        expiry = asyncio.create_task(expire(), name="emulator-expiry")
     started = time.monotonic()
     try:
         await session.start()
         async for msg in ws:
             if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+                state.events_received += 1
                 await session.handle(msg.data)
             elif msg.type == WSMsgType.ERROR:
                 break
     finally:
         if timer is not None:
             timer.cancel()
+        if expiry is not None:
+            expiry.cancel()
+        state.droppers.discard(drop)
+        state.freezers.discard(freeze)
         await session.aclose()
         if not ws.closed:
             await ws.close()
@@ -232,6 +282,31 @@ class RunningEmulator:
     def last_event(self, kind: str) -> dict[str, Any] | None:
         """The last server event of this type sent on any connection (audio deltas aside)."""
         return self._state.last_events.get(kind)
+
+    def drop_connections(self) -> None:
+        """Abort every live connection (TCP abort, no close frame): a network failure."""
+        for drop in list(self._state.droppers):
+            drop("drop_connections")
+
+    def freeze_connections(self) -> None:
+        """Make every live connection silent without closing it (a black-holed service)."""
+        for freeze in list(self._state.freezers):
+            freeze()
+
+    def refuse_next(self, count: int, status: int = 503) -> None:
+        """Refuse the next `count` handshakes with HTTP `status` (503 or 429), then accept."""
+        self._state.refusals_left = count
+        self._state.refusal_status = status
+
+    def conversation(self) -> list[dict[str, Any]]:
+        """The items the most recent connection's conversation holds, in order."""
+        session = self._state.last_session
+        return [] if session is None else session.items()
+
+    @property
+    def events_received(self) -> int:
+        """How many client events arrived on all connections."""
+        return self._state.events_received
 
     def event_count(self, kind: str) -> int:
         """How many server events of this type were sent on all connections."""

@@ -146,6 +146,10 @@ class EmulatorSession:
         self._turn = p.turn_settings(self.config)
         self._vad = self._new_vad()
 
+    def items(self) -> list[JSON]:
+        """The conversation's items, oldest first (what a test checks was replayed)."""
+        return [record.item for record in self._items.values()]
+
     # --- plumbing --------------------------------------------------------------------------
 
     @property

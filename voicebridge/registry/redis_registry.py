@@ -13,7 +13,13 @@ Layout (``prefix`` defaults to ``vb:``):
     passed; using Redis's ``TIME`` rather than each host's clock keeps hosts with skewed
     clocks consistent.
 ``{prefix}instance:{instance_id}``
-    the pub/sub channel an instance listens on for end requests.
+    the pub/sub channel an instance listens on for end requests, and for the
+    acknowledgements of the end requests it sent.
+
+An end request for another instance's session is acknowledged by the holder on the
+sender's channel, and ``request_end`` is True only once it is: a holder that was killed
+moments ago (Redis has not yet noticed its subscription is gone) or hangs never answers,
+and the request counts as undelivered after ``socket_timeout_s``.
 
 Every write of a session (register, update, heartbeat) sets the key and the score together
 in one Lua script, so both carry the same expiry. A heartbeat rewrites all of an
@@ -61,6 +67,7 @@ import builtins
 import contextlib
 import json
 import re
+import secrets
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
@@ -209,6 +216,10 @@ class RedisRegistry:
     _outage_logged: bool = attrs.field(default=False, init=False)
     # (operation, message) -> (monotonic time last logged, repeats not logged since).
     _errors_logged: dict[tuple[str, str], tuple[float, int]] = attrs.field(factory=dict, init=False)
+    # End requests this instance sent, waiting for the holder's acknowledgement: nonce ->
+    # whether the holder had the session. Replies being sent, so close can cancel them.
+    _acks: dict[str, asyncio.Future[bool]] = attrs.field(factory=dict, init=False)
+    _replies: set[asyncio.Task[None]] = attrs.field(factory=set, init=False)
     _register_script: Any = attrs.field(default=None, init=False)
     _touch_script: Any = attrs.field(default=None, init=False)
     _count_script: Any = attrs.field(default=None, init=False)
@@ -366,6 +377,11 @@ class RedisRegistry:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self._ends.aclose()
+        for reply in list(self._replies):
+            reply.cancel()
+        for reply in list(self._replies):
+            with contextlib.suppress(asyncio.CancelledError):
+                await reply
         redis, self._redis = self._redis, None
         gone = set(self._local) | self._orphans.keys()
         reachable, self._reachable = self._reachable, False
@@ -528,28 +544,60 @@ class RedisRegistry:
         """End a session wherever it runs.
 
         A local session's end handler is scheduled here; any other session's holder gets
-        the request on its channel and schedules its own handler. Returns once the request
-        is delivered, not once the session has ended. False when the session is unknown,
-        or when its holder is not listening (it died, and its entries are expiring).
+        the request on its channel, schedules its own handler and acknowledges. Returns
+        once the request is acknowledged, not once the session has ended. False when the
+        session is unknown, or when its holder does not answer within `socket_timeout_s`
+        (it died or hangs, and its entries are expiring).
         """
         if session_id in self._local:
             self._ends.dispatch(session_id, reason)
             return True
         redis = self._live_client()
         if redis is not None:
-            async with self._fail_open("request_end") as send:
-                record = self._decode(await redis.get(self._skey(session_id)))
-                if record is None or record.instance == self.instance_id:
-                    return False
-                message = json.dumps({"session_id": session_id, "reason": reason})
-                receivers = int(await redis.publish(self._channel(record.instance), message))
-            if send.ok:
-                if receivers == 0:
-                    log.warning(
-                        "registry.end_undelivered", session_id=session_id, instance=record.instance
+            nonce = secrets.token_hex(8)
+            # Without a subscription of its own this instance cannot hear the answer: it
+            # then settles for "someone is listening on the holder's channel".
+            acked: asyncio.Future[bool] | None = None
+            if self._subscribed.is_set():
+                acked = asyncio.get_running_loop().create_future()
+                self._acks[nonce] = acked
+            try:
+                async with self._fail_open("request_end") as send:
+                    record = self._decode(await redis.get(self._skey(session_id)))
+                    if record is None or record.instance == self.instance_id:
+                        return False
+                    message = json.dumps(
+                        {
+                            "session_id": session_id,
+                            "reason": reason,
+                            "reply_to": self.instance_id,
+                            "nonce": nonce,
+                        }
                     )
-                    return False
-                return True
+                    receivers = int(await redis.publish(self._channel(record.instance), message))
+                if send.ok:
+                    if receivers == 0:
+                        log.warning(
+                            "registry.end_undelivered",
+                            session_id=session_id,
+                            instance=record.instance,
+                        )
+                        return False
+                    if acked is None:
+                        return True
+                    try:
+                        async with asyncio.timeout(self.socket_timeout_s):
+                            return await acked
+                    except TimeoutError:
+                        log.warning(
+                            "registry.end_unacknowledged",
+                            session_id=session_id,
+                            instance=record.instance,
+                            waited_s=self.socket_timeout_s,
+                        )
+                        return False
+            finally:
+                self._acks.pop(nonce, None)
         # Whether the session exists elsewhere is unknown: the admin asking is told no.
         self._limited.warning(
             log,
@@ -808,16 +856,41 @@ class RedisRegistry:
         try:
             if isinstance(data, str | bytes):
                 payload = json.loads(data)
+            if "ack" in payload:
+                self._on_ack(str(payload["ack"]), bool(payload.get("found")))
+                return
             session_id = str(payload["session_id"])
             reason = str(payload.get("reason") or "ended by admin")
         except (ValueError, KeyError, TypeError):
             log.warning("registry.bad_end_message")
             return
-        if session_id not in self._local:
+        found = session_id in self._local
+        if found:
+            self._ends.dispatch(session_id, reason)
+        else:
             # Already gone (or never here); the sender's view was stale.
             log.debug("registry.end_unknown_session", session_id=session_id)
+        reply_to, nonce = payload.get("reply_to"), payload.get("nonce")
+        if isinstance(reply_to, str) and isinstance(nonce, str):
+            task = asyncio.get_running_loop().create_task(
+                self._acknowledge(reply_to, nonce, found), name=f"registry-ack-{nonce}"
+            )
+            self._replies.add(task)
+            task.add_done_callback(self._replies.discard)
+
+    def _on_ack(self, nonce: str, found: bool) -> None:
+        acked = self._acks.get(nonce)
+        if acked is not None and not acked.done():
+            acked.set_result(found)
+
+    async def _acknowledge(self, reply_to: str, nonce: str, found: bool) -> None:
+        """Tell the sender of an end request whether this instance had the session."""
+        redis = self._live_client()
+        if redis is None:
             return
-        self._ends.dispatch(session_id, reason)
+        message = json.dumps({"ack": nonce, "found": found})
+        async with self._fail_open("end_ack"):
+            await redis.publish(self._channel(reply_to), message)
 
 
 def _describe(exc: BaseException) -> str:

@@ -20,7 +20,7 @@ import contextlib
 import socket
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import aiohttp
 from aiohttp import web
@@ -72,10 +72,21 @@ class ClientChannel:
 
     # -- input -------------------------------------------------------------------------
 
-    async def messages(self) -> AsyncIterator[aiohttp.WSMessage]:
-        """The client's frames until it closes (pings and pongs are answered by aiohttp)."""
-        async for msg in self._ws:
-            yield msg
+    async def receive(self, within: float | None = None) -> aiohttp.WSMessage:
+        """The client's next frame (pings and pongs included, for the frame limit); a
+        ``CLOSE``/``CLOSING``/``CLOSED`` message once it has gone. Raises ``TimeoutError``
+        after ``within`` seconds without a frame."""
+        return await self._ws.receive(within)
+
+    async def pong(self, payload: bytes) -> None:
+        """Answer a client's ping, through the stall clock like every write."""
+        self._pending_since = time.monotonic()
+        try:
+            await self._ws.pong(payload)
+        except (ConnectionError, aiohttp.ClientError, RuntimeError) as exc:
+            raise ClientGone(str(exc)) from exc
+        finally:
+            self._pending_since = None
 
     @property
     def close_code(self) -> int | None:

@@ -23,8 +23,15 @@ class BadUpstreamEvent(ValueError):
 
 
 @attrs.frozen
+class SessionCreated:
+    session_id: str | None
+    expires_at: float | None  # unix time the service will end this connection
+
+
+@attrs.frozen
 class SessionUpdated:
     session_id: str | None
+    expires_at: float | None
 
 
 @attrs.frozen
@@ -63,11 +70,13 @@ class AudioDelta:
 @attrs.frozen
 class AgentTranscript:
     text: str
+    response_id: str | None = None
 
 
 @attrs.frozen
 class AgentText:
     text: str
+    response_id: str | None = None
 
 
 @attrs.frozen
@@ -82,7 +91,8 @@ class ServiceError:
 
 
 UpstreamEvent = (
-    SessionUpdated
+    SessionCreated
+    | SessionUpdated
     | SpeechStarted
     | SpeechStopped
     | UserTranscript
@@ -147,8 +157,23 @@ def _object(obj: dict[str, Any], key: str) -> dict[str, Any]:
     return value
 
 
+def _expires_at(session: dict[str, Any]) -> float | None:
+    value = session.get("expires_at")
+    if value is None:
+        return None
+    if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+        raise BadUpstreamEvent("'expires_at' is not a unix time")
+    return float(value)
+
+
+def _session_created(event: dict[str, Any]) -> SessionCreated:
+    session = _object(event, "session")
+    return SessionCreated(_opt_str(session, "id"), _expires_at(session))
+
+
 def _session_updated(event: dict[str, Any]) -> SessionUpdated:
-    return SessionUpdated(_opt_str(_object(event, "session"), "id"))
+    session = _object(event, "session")
+    return SessionUpdated(_opt_str(session, "id"), _expires_at(session))
 
 
 def _response_created(event: dict[str, Any]) -> ResponseCreated:
@@ -173,6 +198,7 @@ def _error(event: dict[str, Any]) -> ServiceError:
 
 
 _PARSERS: dict[str, Callable[[dict[str, Any]], UpstreamEvent]] = {
+    "session.created": _session_created,
     "session.updated": _session_updated,
     "input_audio_buffer.speech_started": lambda e: _SPEECH_STARTED,
     "input_audio_buffer.speech_stopped": lambda e: _SPEECH_STOPPED,
@@ -181,8 +207,10 @@ _PARSERS: dict[str, Callable[[dict[str, Any]], UpstreamEvent]] = {
     ),
     "response.created": _response_created,
     "response.output_item.added": _output_item,
-    "response.audio_transcript.done": lambda e: AgentTranscript(_text(e, "transcript")),
-    "response.text.done": lambda e: AgentText(_text(e, "text")),
+    "response.audio_transcript.done": lambda e: AgentTranscript(
+        _text(e, "transcript"), _opt_str(e, "response_id")
+    ),
+    "response.text.done": lambda e: AgentText(_text(e, "text"), _opt_str(e, "response_id")),
     "response.done": _response_done,
     "error": _error,
 }

@@ -20,8 +20,8 @@ the relay's own handling is not a bad frame: it ends the session as ``internal_e
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
+import random
 import time
 import uuid
 from collections.abc import Iterator
@@ -41,7 +41,9 @@ from voicebridge.protocol import BYTES_PER_MS
 from voicebridge.registry import SessionRegistry
 from voicebridge.relay import events as ev
 from voicebridge.relay.channel import ClientChannel, ClientGone
-from voicebridge.relay.limits import TokenBucket
+from voicebridge.relay.conversation import ConversationRecord
+from voicebridge.relay.limits import AppendCoalescer, TokenBucket
+from voicebridge.relay.link import UpstreamLink
 from voicebridge.relay.session_config import build_session_config
 from voicebridge.relay.stats import SessionStats
 from voicebridge.relay.turns import ResponseTrack, TurnTracker
@@ -50,7 +52,8 @@ from voicebridge.relay.upstream import Upstream, UpstreamClosed, UpstreamConfig,
 log = structlog.get_logger(__name__)
 
 # Upstream error codes that are expected races, not failures worth showing to a user.
-_BENIGN_UPSTREAM_ERRORS = frozenset({"response_cancel_not_active"})
+# session_expired: the connection reached the service's cap; the session moves to a new one.
+_BENIGN_UPSTREAM_ERRORS = frozenset({"response_cancel_not_active", "session_expired"})
 # Ends that owe the client the rest of the answer and a `status: ended` rather than an error.
 _GRACEFUL_CODES = frozenset(
     {errors.ERR_ENDED_BY_ADMIN, errors.ERR_SESSION_LIMIT, errors.ERR_IDLE, errors.ERR_SHUTDOWN}
@@ -102,7 +105,15 @@ class Session:
         self._end_requested = asyncio.Event()
         self._turn_over = asyncio.Event()  # no response in progress (for a graceful drain)
         self._turn_over.set()
-        self._upstream: Upstream | None = None
+        self._link = UpstreamLink(settings.reconnect_hold_audio_ms * BYTES_PER_MS)
+        self._record = ConversationRecord(settings.conversation_max_chars)
+        self._session_config: dict[str, Any] = {}
+        self._switching = asyncio.Lock()  # one reconnect or rotation at a time
+        self._expires_at: float | None = None  # unix time the current connection ends
+        self._connected_at = 0.0  # monotonic, when the current connection was attached
+        self._rotate_not_before = 0.0  # after a failed rotation, when to try again
+        self._expiry_known = asyncio.Event()  # wakes the rotator: a new expiry to plan for
+        self._quiet = asyncio.Event()  # no response in progress, the caller not speaking
         self._aligner = protocol.SampleAligner()
         self._odd_frame_told = False
         self._started_sent = False
@@ -116,6 +127,10 @@ class Session:
         self._audio_bucket = TokenBucket(rate, rate * settings.rate_window_s, now)
         per_s = settings.client_text_per_min / 60
         self._text_bucket = TokenBucket(per_s, max(1.0, settings.client_text_per_min / 4), now)
+        frames = settings.max_frames_per_s
+        self._frame_bucket = TokenBucket(frames, frames * settings.rate_window_s, now)
+        self._audio_out = AppendCoalescer(MIN_APPEND_MS * BYTES_PER_MS)
+        self._first_input_at: float | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -130,8 +145,9 @@ class Session:
                 if self.end is None:
                     await self._relay()
             finally:
-                if self._upstream is not None:
-                    await self._upstream.close()
+                upstream = self._link.detach()
+                if upstream is not None:
+                    await upstream.close()
             await self._close_client()
         except asyncio.CancelledError:
             self._set_end(EndReason("cancelled", errors.CLOSE_GOING_AWAY))
@@ -149,8 +165,9 @@ class Session:
             log.info(
                 "session.ended",
                 reason=end.reason,
-                close_code=end.close_code,
+                close_code=int(end.close_code),
                 carried_byte=bool(self._aligner.carry),
+                unsent_audio_bytes=self._audio_out.pending,
                 **self.stats.as_dict(),
             )
             structlog.contextvars.unbind_contextvars("session_id")
@@ -259,16 +276,18 @@ class Session:
                 "the agent's instructions could not be read; please try again later",
             )
             return
+        self._session_config = build_session_config(self.settings, instructions)
         started = time.monotonic()
-        timeout = self.settings.upstream_connect_timeout_s
-        attempt = asyncio.ensure_future(open_connection(self.upstream_config, timeout))
+        attempt = asyncio.ensure_future(
+            self._open_upstream(self.settings.upstream_connect_timeout_s)
+        )
         ending = asyncio.ensure_future(self._end_requested.wait())
         try:
             await asyncio.wait({attempt, ending}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             ending.cancel()
             if not attempt.done():
-                # open_connection releases its socket and HTTP session when cancelled.
+                # _open_upstream releases its socket and HTTP session when cancelled.
                 attempt.cancel()
                 with contextlib.suppress(asyncio.CancelledError, UpstreamClosed):
                     await attempt
@@ -280,17 +299,37 @@ class Session:
             return
         if failure is not None:
             raise failure
-        self._upstream = Upstream(attempt.result())
-        config = build_session_config(self.settings, instructions)
-        try:
-            await self._upstream.send({"type": "session.update", "session": config})
-        except UpstreamClosed as exc:
-            self._upstream_failed(f"could not configure Voice Live: {exc.detail}")
-            return
+        self._attach(attempt.result())
         elapsed = time.monotonic() - started
         self.stats.upstream_connect_ms = round(elapsed * 1000, 1)
         self.prom.upstream_connect.observe(elapsed)
         log.info("session.upstream_connected", connect_ms=self.stats.upstream_connect_ms)
+
+    async def _open_upstream(self, timeout_s: float) -> Upstream:
+        """A new connection, configured, with the conversation so far replayed into it.
+
+        Raises :class:`UpstreamClosed`; whatever way it fails, nothing stays open.
+        """
+        conn = await open_connection(
+            self.upstream_config, timeout_s, heartbeat_s=self.settings.upstream_heartbeat_s
+        )
+        upstream = Upstream(conn)
+        try:
+            await upstream.send({"type": "session.update", "session": self._session_config})
+            for item in self._record.items():
+                await upstream.send({"type": "conversation.item.create", "item": item})
+        except BaseException:
+            await asyncio.shield(upstream.close())
+            raise
+        return upstream
+
+    def _attach(self, upstream: Upstream) -> Upstream | None:
+        self._connected_at = time.monotonic()
+        self._expires_at = None  # until the new connection's session.created says
+        previous = self._link.attach(upstream)
+        self.stats.upstream_generation = self._link.generation
+        self._expiry_known.set()
+        return previous
 
     def _upstream_failed(self, message: str) -> None:
         log.warning("session.upstream_connect_failed", error=message)
@@ -303,6 +342,7 @@ class Session:
                 tg.create_task(self._upstream_pump(), name="upstream_pump")
                 tg.create_task(self._writer(), name="writer")
                 tg.create_task(self._watchdog(), name="watchdog")
+                tg.create_task(self._rotator(), name="rotator")
                 tg.create_task(self._wait_end_request(), name="end_request")
         except* Disconnect:
             pass
@@ -337,22 +377,42 @@ class Session:
     async def _client_pump(self) -> None:
         max_frame = self.settings.max_frame_bytes
         channel = self.channel
+        binary, text = aiohttp.WSMsgType.BINARY, aiohttp.WSMsgType.TEXT
         with self._io_ends_session():
-            async for msg in channel.messages():
-                self._last_activity = time.monotonic()
-                if msg.type is aiohttp.WSMsgType.BINARY:
+            while True:
+                try:
+                    msg = await channel.receive(self._audio_out.flush_in(time.monotonic()))
+                except TimeoutError:
+                    await self._flush_audio()  # tiny frames waited long enough
+                    continue
+                kind = msg.type
+                if kind in _CLIENT_GONE:
+                    break
+                now = time.monotonic()
+                if not self._frame_bucket.take(1, now):
+                    raise self._stop(
+                        "rate_limited",
+                        errors.ERR_RATE_LIMITED,
+                        "more than "
+                        f"{self.settings.max_frames_per_s:g} frames a second from the client",
+                    )
+                self._last_activity = now
+                if kind is binary:
                     data: bytes = msg.data
                     if len(data) > max_frame:
                         raise self._too_large(len(data))
+                    self._first_input_at = self._first_input_at or now
                     await self._send_audio(data)
-                elif msg.type is aiohttp.WSMsgType.TEXT:
-                    text: str = msg.data
-                    if len(text) > max_frame:
-                        raise self._too_large(len(text))
-                    await self._handle_text(text)
-                elif msg.type is aiohttp.WSMsgType.ERROR:
+                elif kind is text:
+                    payload: str = msg.data
+                    if len(payload) > max_frame:
+                        raise self._too_large(len(payload))
+                    await self._handle_text(payload)
+                elif kind is aiohttp.WSMsgType.PING:
+                    await channel.pong(msg.data)
+                elif kind is aiohttp.WSMsgType.ERROR:
                     log.info("session.client_error", error=str(channel.exception()))
-                    close = channel.close_code or errors.CLOSE_TOO_BIG
+                    close = int(channel.close_code or errors.CLOSE_TOO_BIG)
                     self._set_end(EndReason("client_error", close))
                     raise Disconnect("client_error")
         raise self._stop("client_closed")
@@ -372,10 +432,12 @@ class Session:
             self._client_error(exc.message, exc.code)
             return
         if isinstance(message, protocol.AudioIn):
+            self._first_input_at = self._first_input_at or time.monotonic()
             await self._send_audio(message.pcm)
         elif isinstance(message, protocol.PingIn):
             self._send_text(protocol.PONG)
         elif isinstance(message, protocol.TextIn):
+            self._first_input_at = self._first_input_at or time.monotonic()
             if not self._text_bucket.take(1, time.monotonic()):
                 self._client_error(
                     f"too many text messages; at most {self.settings.client_text_per_min} a minute",
@@ -405,33 +467,45 @@ class Session:
             )
         self.stats.audio_in_bytes += len(pcm)
         self.stats.audio_in_frames += 1
-        assert self._upstream is not None
-        await self._upstream.send_audio(base64.b64encode(pcm).decode("ascii"))
+        ready = self._audio_out.add(pcm, time.monotonic())
+        if ready:
+            await self._link.send_audio(ready)
+
+    async def _flush_audio(self) -> None:
+        ready = self._audio_out.take()
+        if ready:
+            await self._link.send_audio(ready)
 
     async def _send_user_text(self, text: str) -> None:
-        assert self._upstream is not None
-        await self._upstream.send(
-            {
-                "type": "conversation.item.create",
-                "item": {
-                    "type": "message",
-                    "role": "user",
-                    "content": [{"type": "input_text", "text": text}],
-                },
-            }
-        )
-        await self._upstream.send({"type": "response.create"})
+        # Recorded before it is sent: a connection replaced meanwhile gets it in the replay.
+        item = {
+            "type": "message",
+            "role": "user",
+            "content": [{"type": "input_text", "text": text}],
+        }
+        self._record.user(text)
+        if not self._link.accepting:
+            # The next connection gets the message in its replay; the answer is asked for
+            # once it is there.
+            await self._link.send({"type": "response.create"}, hold=True)
+            return
+        await self._link.send({"type": "conversation.item.create", "item": item})
+        await self._link.send({"type": "response.create"})
 
     # -- upstream -> client ------------------------------------------------------------
 
     async def _upstream_pump(self) -> None:
-        upstream = self._upstream
-        assert upstream is not None
         audio_delta = ev.AudioDelta
         handlers = self._handlers()
         with self._io_ends_session():
             while True:
-                raw = await upstream.receive()
+                upstream = self._link.current
+                assert upstream is not None
+                try:
+                    raw = await upstream.receive()
+                except UpstreamClosed as exc:
+                    await self._upstream_lost(upstream, exc)
+                    continue
                 if not raw:
                     continue
                 try:
@@ -450,8 +524,144 @@ class Session:
                     if handler is not None:
                         await handler(event)
 
+    # -- continuity: reconnect and rotate ------------------------------------------------
+
+    async def _upstream_lost(self, upstream: Upstream, exc: UpstreamClosed) -> None:
+        """The connection ``upstream`` ended: carry on over a new one, or end the call."""
+        async with self._switching:
+            if upstream is not self._link.current:
+                return  # retired by a rotation; the pump reads the new one now
+            budget = self.settings.upstream_reconnect_s
+            if budget <= 0:
+                raise exc
+            log.warning("session.upstream_lost", error=exc.detail)
+            self._link.detach()
+            await upstream.close()
+            interrupted = self.turns.response_active
+            self._response_cut()
+            self.stats.state = "reconnecting"
+            self._send_text(
+                protocol.status(
+                    "reconnecting",
+                    code=errors.ERR_RESPONSE_INTERRUPTED
+                    if interrupted
+                    else errors.ERR_UPSTREAM_CLOSED,
+                )
+            )
+            started = time.monotonic()
+            try:
+                new = await self._reconnect(budget)
+            except UpstreamClosed as final:
+                self.prom.upstream_reconnects.labels(cause="lost", outcome="failed").inc()
+                raise UpstreamClosed(
+                    f"{exc.detail}; no new connection within {budget:g} s ({final.detail})"
+                ) from None
+            self._attach(new)
+            await self._link.flush()
+            self.stats.reconnects += 1
+            self.prom.upstream_reconnects.labels(cause="lost", outcome="restored").inc()
+            log.info(
+                "session.upstream_restored",
+                generation=self._link.generation,
+                restore_ms=round((time.monotonic() - started) * 1000),
+                dropped_audio_ms=self._link.dropped_bytes // BYTES_PER_MS,
+            )
+            self._set_state("ready")
+
+    async def _reconnect(self, budget_s: float) -> Upstream:
+        """New connections until one works or ``budget_s`` has passed (then the last error).
+
+        Exponential backoff from 0.25 s with full jitter, each attempt bounded by what
+        is left of the budget.
+        """
+        deadline = time.monotonic() + budget_s
+        delay = 0.25
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                return await self._open_upstream(
+                    max(0.1, min(self.settings.upstream_connect_timeout_s, left))
+                )
+            except UpstreamClosed as exc:
+                left = deadline - time.monotonic()
+                log.info("session.reconnect_failed", error=exc.detail, left_s=round(left, 1))
+                if left <= 0:
+                    raise
+                await asyncio.sleep(min(left, random.uniform(0, delay)))
+                delay = min(delay * 2, 4.0)
+
+    def _response_cut(self) -> None:
+        """The connection ended mid-response: it will not finish; the turn is over."""
+        for track in self.turns.tracks.values():
+            track.active = False
+        self._turn_over.set()
+        self._update_quiet()
+
+    def _rotate_at(self) -> float | None:
+        """When to move to the next connection (monotonic), or None: not planned."""
+        s = self.settings
+        at: list[float] = []
+        if s.upstream_rotate_s > 0:
+            at.append(self._connected_at + s.upstream_rotate_s)
+        if self._expires_at is not None:
+            left = self._expires_at - time.time()
+            # Early enough to wait for a quiet moment and still open the next connection.
+            margin = min(60.0, max(2.0, left / 4))
+            at.append(time.monotonic() + left - margin)
+        return max(min(at), self._rotate_not_before) if at else None
+
+    async def _rotator(self) -> None:
+        """Before the connection expires, switch to a new one at a quiet moment."""
+        while True:
+            generation = self._link.generation
+            rotate_at = self._rotate_at()
+            wait = None if rotate_at is None else rotate_at - time.monotonic()
+            if wait is None or wait > 0:
+                # Woken early when a new connection (with its own expiry) is attached.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait if wait is not None else 5.0):
+                        await self._expiry_known.wait()
+                self._expiry_known.clear()
+                continue
+            await self._quiet_moment()
+            if self._link.generation != generation:
+                continue  # a reconnect got there first
+            await self._rotate()
+
+    async def _quiet_moment(self) -> None:
+        """Until no response is in progress and the caller is not speaking."""
+        await self._quiet.wait()
+
+    async def _rotate(self) -> None:
+        async with self._switching:
+            old = self._link.current
+            if old is None:
+                return
+            started = time.monotonic()
+            self._link.pause()  # the caller's audio waits for the next connection
+            try:
+                new = await self._open_upstream(self.settings.upstream_connect_timeout_s)
+            except UpstreamClosed as exc:
+                self._link.resume()
+                self.prom.upstream_reconnects.labels(cause="rotation", outcome="failed").inc()
+                log.warning("session.rotation_failed", error=exc.detail)
+                await self._link.flush()
+                self._rotate_not_before = time.monotonic() + 5.0
+                return
+            self._attach(new)
+            await self._link.flush()
+            await old.close()
+            self.stats.rotations += 1
+            self.prom.upstream_reconnects.labels(cause="rotation", outcome="restored").inc()
+            log.info(
+                "session.upstream_rotated",
+                generation=self._link.generation,
+                switch_ms=round((time.monotonic() - started) * 1000),
+            )
+
     def _handlers(self) -> dict[type, Any]:
         return {
+            ev.SessionCreated: self._on_session_created,
             ev.SessionUpdated: self._on_session_updated,
             ev.SpeechStarted: self._on_speech_started,
             ev.SpeechStopped: self._on_speech_stopped,
@@ -464,7 +674,16 @@ class Session:
             ev.ServiceError: self._on_service_error,
         }
 
+    async def _on_session_created(self, event: ev.SessionCreated) -> None:
+        self._note_expiry(event.expires_at)
+
+    def _note_expiry(self, expires_at: float | None) -> None:
+        if expires_at is not None and expires_at != self._expires_at:
+            self._expires_at = expires_at
+            self._expiry_known.set()
+
     async def _on_session_updated(self, event: ev.SessionUpdated) -> None:
+        self._note_expiry(event.expires_at)
         if self._started_sent:
             return
         self._started_sent = True
@@ -479,8 +698,7 @@ class Session:
         )
         self._set_state("ready")
         if self.settings.enable_proactive_greeting:
-            assert self._upstream is not None
-            await self._upstream.send({"type": "response.create"})
+            await self._link.send({"type": "response.create"})
 
     async def _on_speech_started(self, event: ev.SpeechStarted) -> None:
         now = time.monotonic()
@@ -493,14 +711,20 @@ class Session:
                 self._send_text(protocol.CLEAR_AUDIO)
                 self.stats.barge_ins += 1
                 self.prom.barge_ins.inc()
-            assert self._upstream is not None
+            for response_id in plan.mute:
+                track = self.turns.tracks[response_id]
+                if track.audio_queued:
+                    self._record.agent_interrupted(
+                        response_id, track.played_ms(now), track.audio_queued // BYTES_PER_MS
+                    )
+            # While the link is down these are dropped: a new connection has nothing to cut.
             if plan.cancel is not None:
                 cancel: dict[str, Any] = {"type": "response.cancel"}
                 if plan.cancel:
                     cancel["response_id"] = plan.cancel
-                await self._upstream.send(cancel)
+                await self._link.send(cancel)
             for item_id, played_ms in plan.truncate:
-                await self._upstream.send(
+                await self._link.send(
                     {
                         "type": "conversation.item.truncate",
                         "item_id": item_id,
@@ -509,7 +733,7 @@ class Session:
                     }
                 )
             for item_id in plan.delete:
-                await self._upstream.send({"type": "conversation.item.delete", "item_id": item_id})
+                await self._link.send({"type": "conversation.item.delete", "item_id": item_id})
             log.info(
                 "session.barge_in",
                 truncated=plan.truncate,
@@ -525,11 +749,13 @@ class Session:
 
     async def _on_user_transcript(self, event: ev.UserTranscript) -> None:
         self.stats.user_transcripts += 1
+        self._record.user(event.text)
         self._send_text(protocol.transcript("user_transcript", event.text))
 
     async def _on_response_created(self, event: ev.ResponseCreated) -> None:
         self.turns.response_created(event.response_id)
         self._turn_over.clear()
+        self._update_quiet()
 
     async def _on_output_item(self, event: ev.OutputItemAdded) -> None:
         self.turns.output_item(event.response_id, event.item_id)
@@ -553,10 +779,12 @@ class Session:
 
     async def _on_agent_transcript(self, event: ev.AgentTranscript) -> None:
         self.stats.agent_transcripts += 1
+        self._record.agent(event.response_id, event.text)
         self._send_text(protocol.transcript("agent_transcript", event.text))
 
     async def _on_agent_text(self, event: ev.AgentText) -> None:
         self.stats.agent_transcripts += 1
+        self._record.agent(event.response_id, event.text)
         self._send_text(protocol.transcript("agent_text", event.text))
 
     async def _on_response_done(self, event: ev.ResponseDone) -> None:
@@ -598,6 +826,13 @@ class Session:
         if state != self.stats.state:
             self.stats.state = state
             self._send_text(protocol.status(state))
+        self._update_quiet()
+
+    def _update_quiet(self) -> None:
+        if self.stats.state == "ready" and not self.turns.response_active:
+            self._quiet.set()
+        else:
+            self._quiet.clear()
 
     async def _writer(self) -> None:
         with self._io_ends_session():
@@ -618,6 +853,13 @@ class Session:
                     "max_duration",
                     errors.ERR_SESSION_LIMIT,
                     f"the session reached its limit of {s.session_max_duration_s:g} s",
+                )
+            start_deadline = self.stats.started_mono + s.session_start_timeout_s
+            if self._first_input_at is None and now >= start_deadline:
+                raise self._stop(
+                    "no_input",
+                    errors.ERR_IDLE,
+                    f"no audio or text from the client within {s.session_start_timeout_s:g} s",
                 )
             idle_deadline = self._last_activity + s.session_idle_timeout_s
             if now >= idle_deadline:
@@ -644,9 +886,17 @@ class Session:
             # A write that starts after this check cannot stall before now + stall_limit.
             stall_at = (pending_since if pending_since is not None else now) + stall_limit
             next_check = min(deadline, idle_deadline, stall_at)
+            if self._first_input_at is None:
+                next_check = min(next_check, start_deadline)
             if not self._warned and s.session_warning_s > 0:
                 next_check = min(next_check, warn_at)
             await asyncio.sleep(max(0.01, next_check - now))
 
 
 _CLOSE_TIMEOUT_S = 2.0
+_CLIENT_GONE = frozenset(
+    {aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED}
+)
+#: Client audio smaller than this is gathered into one upstream append (at most this long a
+#: wait), so a client sending tiny frames cannot cost an upstream event each.
+MIN_APPEND_MS = 20

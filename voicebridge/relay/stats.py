@@ -29,6 +29,9 @@ class SessionStats:
     agent_transcripts: int = 0
     errors: int = 0
     upstream_connect_ms: float | None = None
+    upstream_generation: int = 0  # which connection to Voice Live this is (1 = the first)
+    reconnects: int = 0  # connections replaced after an unexpected end
+    rotations: int = 0  # connections replaced before they expired
     latencies_ms: deque[float] = attrs.field(factory=lambda: deque(maxlen=200))
 
     def as_dict(self) -> dict[str, Any]:
@@ -53,6 +56,11 @@ class SessionStats:
             "transcripts": {"user": self.user_transcripts, "agent": self.agent_transcripts},
             "errors": self.errors,
             "upstream_connect_ms": self.upstream_connect_ms,
+            "upstream": {
+                "generation": self.upstream_generation,
+                "reconnects": self.reconnects,
+                "rotations": self.rotations,
+            },
             "response_latency_ms": {
                 "last": self.latencies_ms[-1] if lat else None,
                 "p50": percentile(lat, 50),

@@ -20,6 +20,7 @@ handshake rules, and redirects are refused as the SDK refuses them.
 from __future__ import annotations
 
 import asyncio
+import os
 from types import SimpleNamespace
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -77,8 +78,14 @@ async def _refuse_redirect(
     raise aiohttp.ClientError("Voice Live answered with a redirect, which is refused")
 
 
-async def open_connection(config: UpstreamConfig, timeout_s: float) -> VoiceLiveConnection:
+async def open_connection(
+    config: UpstreamConfig, timeout_s: float, *, heartbeat_s: float = 5.0
+) -> VoiceLiveConnection:
     """Open the WebSocket within ``timeout_s``; on any failure nothing stays open.
+
+    ``heartbeat_s``: a ping this often; a service that does not answer one within half of
+    it is treated as gone (aiohttp closes the socket), so a silent upstream (frozen
+    process, network black hole) is noticed within seconds.
 
     Raises :class:`UpstreamClosed` with a secret-free description; a cancellation releases
     the socket and the HTTP session before it propagates.
@@ -95,7 +102,7 @@ async def open_connection(config: UpstreamConfig, timeout_s: float) -> VoiceLive
             realtime_url(config),
             headers={"api-key": config.api_key},
             max_msg_size=16 * 1024 * 1024,
-            heartbeat=20.0,
+            heartbeat=heartbeat_s,
             timeout=aiohttp.ClientWSTimeout(ws_close=CLOSE_TIMEOUT_S),
         )
     except BaseException as exc:
@@ -153,8 +160,11 @@ def describe(exc: BaseException) -> str:
             return f"the service rejected the credentials ({cause.status}); check the API key"
         return f"handshake failed with HTTP {cause.status}"
     if isinstance(cause, aiohttp.ClientConnectorError):
-        reason = cause.os_error.strerror or type(cause.os_error).__name__
-        return f"cannot reach {cause.host}:{cause.port} ({reason})"
+        # Not the host or port: clients see this, and the address is an internal detail.
+        # os.strerror: asyncio's own strerror quotes the address it tried.
+        code = cause.os_error.errno
+        reason = os.strerror(code) if code else type(cause.os_error).__name__
+        return f"cannot reach the voice service ({reason})"
     if isinstance(cause, OSError | aiohttp.ClientError):
         return type(cause).__name__
     return type(exc).__name__
