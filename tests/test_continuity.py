@@ -86,9 +86,7 @@ async def test_refused_handshakes_then_success(
     await _answered(voice, 1)
 
 
-async def test_reconnect_budget_runs_out(
-    start_emu: StartEmulator, make_client: MakeClient
-) -> None:
+async def test_reconnect_budget_runs_out(start_emu: StartEmulator, make_client: MakeClient) -> None:
     """Refused until the budget is spent: the call ends with upstream_closed and 1011."""
     emu = await start_emu()
     client = await make_client(relay_settings(emu, UPSTREAM_RECONNECT_S="1"))
@@ -200,3 +198,29 @@ async def test_silent_upstream_is_noticed_within_seconds(
     await voice.until_type("status", status="ready")
     await voice.ws.send_json({"type": "text", "text": "Hello again?"})
     await _answered(voice, 1)
+
+
+async def test_replay_after_a_barge_in_carries_what_the_caller_heard(
+    start_emu: StartEmulator, make_client: MakeClient, utterance: bytes
+) -> None:
+    """After a barge-in and a reconnect, the new connection gets the answer as heard."""
+    emu = await start_emu(realtime=True)
+    client = await make_client(relay_settings(emu))
+    voice = await started(client)
+    await voice.send_audio(utterance)
+    # About a second of the answer reaches the caller, then the caller talks over it.
+    await voice.until(lambda e: voice.audio_bytes() >= 48 * 1000)
+    await voice.send_audio(utterance)
+    await voice.until_type("clear_audio")
+    await _answered(voice, 2)  # the cut answer's transcript, then the second answer
+    await voice.until_type("status", status="ready")
+    cut, full = voice.messages("agent_transcript")[:2]
+    _drop(emu)
+    await voice.until_type("status", status="reconnecting", timeout=10)
+    await voice.until_type("status", status="ready")
+    replayed = [text for role, text in _texts(emu.conversation()) if role == "assistant"]
+    assert replayed == [replayed[0], full["text"]]  # the second answer was heard in full
+    heard = replayed[0]
+    # The cut answer is replayed as far as it was heard, not as the full answer would be.
+    assert 0 < len(heard.split()) < len(full["text"].split())
+    assert cut["text"].startswith(heard)

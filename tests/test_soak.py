@@ -334,3 +334,52 @@ async def test_hostile_clients_next_to_normal_ones(
     lines = log_lines(server)
     assert not [line for line in lines if "raw" in line], server.log()
     assert not [line for line in lines if line.get("level") in {"error", "critical"}], server.log()
+
+
+@pytest.mark.timeout(1800)
+async def test_random_upstream_aborts_across_many_sessions(
+    start_emu: Any, make_client: Any
+) -> None:
+    """Upstreams aborted at random under 100 sessions: no session lost, nothing leaked."""
+    from tests.conftest import relay_settings
+    from tests.voice_client import started
+    from voicebridge.app import STATE
+
+    sessions = int(os.environ.get("SOAK_ABORT_SESSIONS", "100"))
+    seconds = float(os.environ.get("SOAK_ABORT_SECONDS", "60"))
+    emu = await start_emu()
+    client = await make_client(
+        relay_settings(
+            emu,
+            MAX_SESSIONS_PER_CLIENT="0",
+            MAX_SESSIONS=str(sessions + 10),
+            CLIENT_TEXT_PER_MIN="100000",
+        )
+    )
+    state = client.app[STATE]
+    tasks_before = len(asyncio.all_tasks())
+    fds_before = psutil.Process().num_fds()
+    voices = [await started(client) for _ in range(sessions)]
+    deadline = time.monotonic() + seconds
+    dropped = 0
+    asked = 0
+    while time.monotonic() < deadline:
+        dropped += emu.drop_connections(max(1, sessions // 20))
+        # Every session is asked something and answers it, across the aborts.
+        for voice in voices:
+            await voice.ws.send_json({"type": "text", "text": f"Question {asked}?"})
+        asked += 1
+        for voice in voices:
+            async with asyncio.timeout(60):
+                while len(voice.messages("agent_text") + voice.messages("agent_transcript")) < asked:
+                    await voice.until(lambda e: e[0] == "json")
+    assert dropped > sessions // 2
+    assert len(state.sessions) == sessions  # none lost
+    for voice in voices:
+        assert voice.messages("error") == []
+        await voice.ws.close()
+    await until(lambda: not state.sessions and emu.connections == 0, 30, "sessions to end")
+    assert await state.registry.count() == 0
+    gc.collect()
+    assert len(asyncio.all_tasks()) <= tasks_before + 2
+    assert psutil.Process().num_fds() <= fds_before + 5

@@ -41,6 +41,10 @@ ERR_UNAUTHORIZED: Final = "unauthorized"
 ERR_FORBIDDEN_ORIGIN: Final = "forbidden_origin"
 ERR_NOT_FOUND: Final = "not_found"
 ERR_RESPONSE_INTERRUPTED: Final = "response_interrupted"
+ERR_UPSTREAM_CONFIG_REJECTED: Final = "upstream_config_rejected"
+ERR_RESPONSE_FAILED: Final = "response_failed"
+ERR_RESPONSE_INCOMPLETE: Final = "response_incomplete"
+ERR_TRANSCRIPTION_FAILED: Final = "transcription_failed"
 ERR_HOST_NOT_ALLOWED: Final = "host_not_allowed"
 
 
@@ -83,6 +87,15 @@ CODES: Final[dict[str, CodeInfo]] = {
     # In `status: reconnecting`: the call goes on over a new connection; the answer that was
     # playing is cut short.
     ERR_RESPONSE_INTERRUPTED: CodeInfo(None, False, "an answer was cut by a lost connection"),
+    ERR_RESPONSE_FAILED: CodeInfo(None, False, "Voice Live could not produce an answer"),
+    ERR_RESPONSE_INCOMPLETE: CodeInfo(
+        None, False, "an answer was cut short (content filter or token limit)"
+    ),
+    ERR_TRANSCRIPTION_FAILED: CodeInfo(None, False, "the caller's words could not be transcribed"),
+    # Permanent until an operator changes the settings: reconnecting would fail the same way.
+    ERR_UPSTREAM_CONFIG_REJECTED: CodeInfo(
+        CLOSE_UPSTREAM, False, "Voice Live refused the session's configuration"
+    ),
     ERR_INTERNAL: CodeInfo(CLOSE_UPSTREAM, True, "an unexpected server error"),
     ERR_SHUTDOWN: CodeInfo(CLOSE_GOING_AWAY, True, "the server is restarting"),
     # Ended on purpose: a new conversation is the user's choice.

@@ -159,6 +159,11 @@ def transcript(kind: str, text: str, **extra: Any) -> str:
     return _dump({"type": kind, "text": text, **extra})
 
 
+def transcript_delta(text: str, response_id: str) -> str:
+    """Live captions: a piece of the agent's transcript as it speaks."""
+    return _dump({"type": "agent_transcript_delta", "text": text, "response_id": response_id})
+
+
 def audio_start(response_id: str) -> str:
     """Sent before a response's first audio frame; the frames after it belong to it."""
     return _dump({"type": "audio_start", "response_id": response_id})

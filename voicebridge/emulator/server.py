@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import hmac
+import random
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
@@ -283,10 +284,15 @@ class RunningEmulator:
         """The last server event of this type sent on any connection (audio deltas aside)."""
         return self._state.last_events.get(kind)
 
-    def drop_connections(self) -> None:
-        """Abort every live connection (TCP abort, no close frame): a network failure."""
-        for drop in list(self._state.droppers):
+    def drop_connections(self, count: int | None = None) -> int:
+        """Abort live connections (TCP abort, no close frame), as a network failure does:
+        all of them, or ``count`` chosen at random. Returns how many were dropped."""
+        droppers = list(self._state.droppers)
+        if count is not None:
+            droppers = random.sample(droppers, min(count, len(droppers)))
+        for drop in droppers:
             drop("drop_connections")
+        return len(droppers)
 
     def freeze_connections(self) -> None:
         """Make every live connection silent without closing it (a black-holed service)."""

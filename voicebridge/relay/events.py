@@ -58,6 +58,7 @@ class ResponseCreated:
 class OutputItemAdded:
     response_id: str | None
     item_id: str | None
+    item_type: str | None = None  # "message" carries the audio; a function call does not
 
 
 @attrs.frozen
@@ -82,11 +83,33 @@ class AgentText:
 @attrs.frozen
 class ResponseDone:
     response_id: str | None
+    status: str | None = None  # completed, cancelled, failed, incomplete
+    reason: str | None = None  # incomplete: max_output_tokens, content_filter; failed: error
+    usage: dict[str, Any] | None = None  # token counts (ResponseUsage in the SDK's models)
 
 
 @attrs.frozen
 class ServiceError:
     code: str
+    message: str
+    event_id: str | None = None  # the client event it answers, when the service names one
+
+
+@attrs.frozen
+class ServiceWarning:
+    code: str
+    message: str
+
+
+@attrs.frozen
+class AgentTranscriptDelta:
+    text: str
+    response_id: str | None = None
+
+
+@attrs.frozen
+class TranscriptionFailed:
+    item_id: str | None
     message: str
 
 
@@ -103,6 +126,9 @@ UpstreamEvent = (
     | AgentText
     | ResponseDone
     | ServiceError
+    | ServiceWarning
+    | AgentTranscriptDelta
+    | TranscriptionFailed
 )
 
 _SPEECH_STARTED = SpeechStarted()
@@ -181,11 +207,39 @@ def _response_created(event: dict[str, Any]) -> ResponseCreated:
 
 
 def _output_item(event: dict[str, Any]) -> OutputItemAdded:
-    return OutputItemAdded(_opt_str(event, "response_id"), _opt_str(_object(event, "item"), "id"))
+    item = _object(event, "item")
+    return OutputItemAdded(
+        _opt_str(event, "response_id"), _opt_str(item, "id"), _opt_str(item, "type")
+    )
 
 
 def _response_done(event: dict[str, Any]) -> ResponseDone:
-    return ResponseDone(_opt_str(_object(event, "response"), "id"))
+    response = _object(event, "response")
+    details = _object(response, "status_details")
+    reason = details.get("reason")
+    if reason is None and isinstance(details.get("error"), dict):
+        reason = details["error"].get("message") or details["error"].get("code")
+    usage = response.get("usage")
+    return ResponseDone(
+        _opt_str(response, "id"),
+        _opt_str(response, "status"),
+        None if reason is None else str(reason)[:200],
+        usage if isinstance(usage, dict) else None,
+    )
+
+
+def _warning(event: dict[str, Any]) -> ServiceWarning:
+    warning = _object(event, "warning")
+    return ServiceWarning(
+        str(warning.get("code") or "warning")[:100], str(warning.get("message") or "")[:1000]
+    )
+
+
+def _transcription_failed(event: dict[str, Any]) -> TranscriptionFailed:
+    err = _object(event, "error")
+    return TranscriptionFailed(
+        _opt_str(event, "item_id"), str(err.get("message") or "transcription failed")[:500]
+    )
 
 
 def _error(event: dict[str, Any]) -> ServiceError:
@@ -194,7 +248,10 @@ def _error(event: dict[str, Any]) -> ServiceError:
         err = {"message": str(err)} if err else {}
     code = err.get("code") or err.get("type") or "upstream_error"
     message = err.get("message") or "Voice Live reported an error"
-    return ServiceError(str(code)[:100], str(message)[:1000])
+    event_id = err.get("event_id")
+    return ServiceError(
+        str(code)[:100], str(message)[:1000], event_id if isinstance(event_id, str) else None
+    )
 
 
 _PARSERS: dict[str, Callable[[dict[str, Any]], UpstreamEvent]] = {
@@ -212,5 +269,10 @@ _PARSERS: dict[str, Callable[[dict[str, Any]], UpstreamEvent]] = {
     ),
     "response.text.done": lambda e: AgentText(_text(e, "text"), _opt_str(e, "response_id")),
     "response.done": _response_done,
+    "warning": _warning,
+    "conversation.item.input_audio_transcription.failed": _transcription_failed,
+    "response.audio_transcript.delta": lambda e: AgentTranscriptDelta(
+        _text(e, "delta"), _opt_str(e, "response_id")
+    ),
     "error": _error,
 }

@@ -131,6 +131,7 @@ class Session:
         self._frame_bucket = TokenBucket(frames, frames * settings.rate_window_s, now)
         self._audio_out = AppendCoalescer(MIN_APPEND_MS * BYTES_PER_MS)
         self._first_input_at: float | None = None
+        self._answer_owed = False  # a response.create sent, its response.created not seen
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -300,6 +301,8 @@ class Session:
         if failure is not None:
             raise failure
         self._attach(attempt.result())
+        # Audio before session.updated would meet the service's defaults: hold it until then.
+        self._link.pause()
         elapsed = time.monotonic() - started
         self.stats.upstream_connect_ms = round(elapsed * 1000, 1)
         self.prom.upstream_connect.observe(elapsed)
@@ -315,7 +318,13 @@ class Session:
         )
         upstream = Upstream(conn)
         try:
-            await upstream.send({"type": "session.update", "session": self._session_config})
+            await upstream.send(
+                {
+                    "type": "session.update",
+                    "event_id": _CONFIG_EVENT_ID,
+                    "session": self._session_config,
+                }
+            )
             for item in self._record.items():
                 await upstream.send({"type": "conversation.item.create", "item": item})
         except BaseException:
@@ -484,10 +493,9 @@ class Session:
             "content": [{"type": "input_text", "text": text}],
         }
         self._record.user(text)
+        self._answer_owed = True
         if not self._link.accepting:
-            # The next connection gets the message in its replay; the answer is asked for
-            # once it is there.
-            await self._link.send({"type": "response.create"}, hold=True)
+            # The next connection gets the message in its replay and is asked to answer.
             return
         await self._link.send({"type": "conversation.item.create", "item": item})
         await self._link.send({"type": "response.create"})
@@ -557,6 +565,10 @@ class Session:
                     f"{exc.detail}; no new connection within {budget:g} s ({final.detail})"
                 ) from None
             self._attach(new)
+            if self._answer_owed:
+                # A typed message sent just before the connection died (or while it was
+                # down) is in the replay; ask for its answer again.
+                await self._link.send({"type": "response.create"}, hold=True)
             await self._link.flush()
             self.stats.reconnects += 1
             self.prom.upstream_reconnects.labels(cause="lost", outcome="restored").inc()
@@ -672,6 +684,9 @@ class Session:
             ev.AgentText: self._on_agent_text,
             ev.ResponseDone: self._on_response_done,
             ev.ServiceError: self._on_service_error,
+            ev.ServiceWarning: self._on_service_warning,
+            ev.AgentTranscriptDelta: self._on_transcript_delta,
+            ev.TranscriptionFailed: self._on_transcription_failed,
         }
 
     async def _on_session_created(self, event: ev.SessionCreated) -> None:
@@ -687,6 +702,8 @@ class Session:
         if self._started_sent:
             return
         self._started_sent = True
+        self._link.resume()
+        await self._link.flush()
         self._send_text(
             protocol.session_started(
                 self.id,
@@ -727,13 +744,20 @@ class Session:
                 await self._link.send(
                     {
                         "type": "conversation.item.truncate",
+                        "event_id": _CUT_EVENT_ID,
                         "item_id": item_id,
                         "content_index": 0,
                         "audio_end_ms": played_ms,
                     }
                 )
             for item_id in plan.delete:
-                await self._link.send({"type": "conversation.item.delete", "item_id": item_id})
+                await self._link.send(
+                    {
+                        "type": "conversation.item.delete",
+                        "event_id": _CUT_EVENT_ID,
+                        "item_id": item_id,
+                    }
+                )
             log.info(
                 "session.barge_in",
                 truncated=plan.truncate,
@@ -753,12 +777,31 @@ class Session:
         self._send_text(protocol.transcript("user_transcript", event.text))
 
     async def _on_response_created(self, event: ev.ResponseCreated) -> None:
+        self._answer_owed = False
         self.turns.response_created(event.response_id)
         self._turn_over.clear()
         self._update_quiet()
 
     async def _on_output_item(self, event: ev.OutputItemAdded) -> None:
-        self.turns.output_item(event.response_id, event.item_id)
+        self.turns.output_item(event.response_id, event.item_id, event.item_type)
+
+    async def _on_transcript_delta(self, event: ev.AgentTranscriptDelta) -> None:
+        track = self.turns.find(event.response_id)
+        if track is None or track.muted or not event.text:
+            return  # captions of an interrupted answer stop with its audio
+        self._send_text(protocol.transcript_delta(event.text, track.response_id))
+
+    async def _on_service_warning(self, event: ev.ServiceWarning) -> None:
+        self._limited.warning(
+            log, "session.upstream_warning", code=event.code, message=event.message
+        )
+
+    async def _on_transcription_failed(self, event: ev.TranscriptionFailed) -> None:
+        log.warning("session.transcription_failed", item_id=event.item_id, message=event.message)
+        self._client_error(
+            "your last words could not be transcribed; the agent may ask you to repeat",
+            errors.ERR_TRANSCRIPTION_FAILED,
+        )
 
     async def _on_audio(self, event: ev.AudioDelta) -> None:
         step = self.turns.audio(event.response_id, event.item_id, len(event.pcm), time.monotonic())
@@ -788,6 +831,16 @@ class Session:
         self._send_text(protocol.transcript("agent_text", event.text))
 
     async def _on_response_done(self, event: ev.ResponseDone) -> None:
+        if event.status == "failed":
+            self._client_error(
+                f"the agent could not answer: {event.reason or 'the service gave no reason'}",
+                errors.ERR_RESPONSE_FAILED,
+            )
+        elif event.status == "incomplete":
+            self._client_error(
+                f"the answer was cut short ({event.reason or 'no reason given'})",
+                errors.ERR_RESPONSE_INCOMPLETE,
+            )
         if not self.turns.response_done(event.response_id):
             return  # an older response ending changes nothing the client sees now
         self._turn_over.set()
@@ -795,7 +848,17 @@ class Session:
             self._set_state("ready")
 
     async def _on_service_error(self, event: ev.ServiceError) -> None:
-        if event.code in _BENIGN_UPSTREAM_ERRORS:
+        if event.event_id == _CONFIG_EVENT_ID:
+            # The service refused the configuration: relaying under its defaults would be
+            # a different agent than the operator set up, so the session ends here.
+            log.error("session.config_rejected", code=event.code, message=event.message)
+            raise self._stop(
+                "config_rejected",
+                errors.ERR_UPSTREAM_CONFIG_REJECTED,
+                f"Voice Live refused the session's configuration: {event.message}",
+            )
+        if event.code in _BENIGN_UPSTREAM_ERRORS or event.event_id == _CUT_EVENT_ID:
+            # A truncate or delete after a barge-in may race the service's own cancel.
             log.debug("session.upstream_benign_error", code=event.code)
             return
         log.warning("session.upstream_error", code=event.code, message=event.message)
@@ -894,6 +957,10 @@ class Session:
 
 
 _CLOSE_TIMEOUT_S = 2.0
+# Event ids on what the relay sends, so the service's errors that name them can be told
+# apart: a refused configuration ends the session; a refused cut after a barge-in is a race.
+_CONFIG_EVENT_ID = "vb-session-config"
+_CUT_EVENT_ID = "vb-barge-in-cut"
 _CLIENT_GONE = frozenset(
     {aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED}
 )

@@ -115,9 +115,12 @@ class TurnTracker:
         self.current = track
         return track
 
-    def output_item(self, response_id: str | None, item_id: str | None) -> None:
+    def output_item(
+        self, response_id: str | None, item_id: str | None, item_type: str | None = "message"
+    ) -> None:
+        """An item of a response; only a message item carries audio (not a function call)."""
         track = self.find(response_id)
-        if track is not None and track.item_id is None:
+        if track is not None and track.item_id is None and item_type in (None, "message"):
             track.item_id = item_id
 
     def audio(
@@ -130,7 +133,8 @@ class TurnTracker:
             track = self._new(response_id, active=False)
         if track.muted or nbytes <= 0:
             return None
-        if track.item_id is None:
+        if item_id:
+            # The audio's own item: the assistant message, which is what a truncation names.
             track.item_id = item_id
         first = track.audio_queued == 0
         latency = None
