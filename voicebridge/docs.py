@@ -50,6 +50,11 @@ SERVER_MESSAGES = [
         '"voice": "...", "sample_rate": 24000}',
     ),
     ("text", '{"type": "user_transcript", "text": "..."}'),
+    (
+        "text",
+        '{"type": "agent_transcript_delta", "text": "...", "response_id": "..."} : live '
+        "captions as the agent speaks",
+    ),
     ("text", '{"type": "agent_transcript", "text": "..."}'),
     ("text", '{"type": "agent_text", "text": "..."}'),
     ("text", '{"type": "status", "status": "listening|processing|agent_speaking|ready"}'),
