@@ -66,3 +66,13 @@ def test_every_known_code_is_a_label() -> None:
     }
     assert voice_live, "the emulator defines no ERR_* codes"
     assert relay | voice_live | {OTHER_ERROR} == ERROR_LABELS
+
+
+def test_no_created_series() -> None:
+    """/metrics has no `_created` series doubling every counter."""
+    metrics = Metrics()
+    metrics.count_error("bad_json")
+    metrics.sessions.labels(reason="client_closed").inc()
+    text = metrics.render().decode()
+    assert "voicebridge_errors_total" in text
+    assert "_created" not in text

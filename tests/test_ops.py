@@ -13,9 +13,10 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
+from tests.conftest import MakeClient, StartEmulator, relay_settings
 from tests.redis_server import RedisServer
 from tests.server_process import ServerProcess
-from tests.voice_client import VoiceSocket
+from tests.voice_client import VoiceSocket, started
 
 
 @pytest.fixture(scope="module")
@@ -183,3 +184,16 @@ async def test_delete_for_a_session_on_a_dead_instance_is_404(
         if sig == signal.SIGSTOP:
             a.signal(signal.SIGKILL)
         await a.wait(10)
+
+
+async def test_sessions_show_iso_times(start_emu: StartEmulator, make_client: MakeClient) -> None:
+    """/sessions shows when a session started as an ISO 8601 time, not an epoch float."""
+    emu = await start_emu()
+    client = await make_client(relay_settings(emu))
+    voice = await started(client)
+    resp = await client.get("/sessions")
+    body = await resp.json()
+    started_at = body["sessions"][0]["started_at"]
+    assert isinstance(started_at, str) and started_at.endswith("+00:00") and "T" in started_at
+    assert isinstance(body["sessions"][0]["metrics"]["started_at"], str)
+    await voice.ws.close()

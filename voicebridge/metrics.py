@@ -5,7 +5,14 @@ from __future__ import annotations
 from typing import Final
 
 import attrs
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from voicebridge.errors import CODES
@@ -65,6 +72,9 @@ class Metrics:
     upstream_reconnects: Counter = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
+        # No `*_created` series: they double every counter and nobody graphs them. The
+        # switch is process-wide in prometheus-client; every Metrics wants it off.
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         r = self.registry
         self.active = Gauge("voicebridge_active_sessions", "Live voice sessions", registry=r)
         self.sessions = Counter(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import UTC, datetime
 
 import structlog
 from aiohttp import web
@@ -100,7 +101,17 @@ def _record_json(request: web.Request, record: SessionRecord) -> dict[str, objec
     if local is not None:
         data["state"] = local.stats.state
         data["metrics"] = local.stats.as_dict()
+    # ISO 8601 for people and log tools; the registry keeps the epoch float internally.
+    data["started_at"] = _iso(record.started_at)
+    metrics = dict(data["metrics"]) if isinstance(data["metrics"], dict) else {}
+    if isinstance(metrics.get("started_at"), int | float):
+        metrics["started_at"] = _iso(metrics["started_at"])
+        data["metrics"] = metrics
     return data
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")
 
 
 async def list_sessions(request: web.Request) -> web.Response:
