@@ -1,35 +1,102 @@
-"""The ``session.update`` payload built from the settings: voice, formats, VAD, processing."""
+"""The ``session.update`` payload built from the settings: voice, formats, turn detection,
+transcription, audio processing.
+
+What each setting sends is listed in the README ("Configuring Voice Live"); which
+combinations Voice Live accepts is :data:`voicebridge.voicelive.RULES`, checked against
+this very payload at start-up. The payload is built as the settings say, without
+second-guessing them: a setting the chosen voice or turn detection type does not take is
+sent anyway, so the rule that forbids it names it at start-up instead of it being dropped
+in silence.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from voicebridge.config import OPENAI_VOICES, Settings
+from voicebridge.config import OFF, Settings
+from voicebridge.voicelive import NATIVE_VOICES, OPENAI_VOICES, model_family
 
 
 def build_session_config(settings: Settings, instructions: str) -> dict[str, Any]:
-    """The ``session`` object of the first ``session.update`` a session sends."""
-    voice_name = settings.voice_name
-    voice: dict[str, Any]
-    if voice_name in OPENAI_VOICES:
-        voice = {"type": "openai", "name": voice_name}
+    """The ``session`` object of the first ``session.update`` a session sends.
+
+    In agent mode the instructions are not sent: a Foundry agent has its own, and the
+    service refuses them (how-to, "Session configuration").
+    """
+    session: dict[str, Any] = {"modalities": ["text", "audio"]}
+    if not settings.agent_mode:
+        session["instructions"] = instructions
+    session.update(
+        {
+            "voice": voice_config(settings),
+            "input_audio_format": "pcm16",
+            "output_audio_format": "pcm16",
+            "turn_detection": turn_detection_config(settings),
+        }
+    )
+    if settings.echo_cancellation:
+        session["input_audio_echo_cancellation"] = {"type": "server_echo_cancellation"}
     else:
-        voice = {"type": "azure-standard", "name": voice_name}
-    return {
-        "modalities": ["text", "audio"],
-        "instructions": instructions,
-        "voice": voice,
-        "input_audio_format": "pcm16",
-        "output_audio_format": "pcm16",
-        "turn_detection": {
-            "type": "server_vad",
-            "threshold": settings.vad_threshold,
-            "prefix_padding_ms": settings.vad_prefix_padding_ms,
-            "silence_duration_ms": settings.vad_silence_duration_ms,
-            "create_response": True,
-            "interrupt_response": True,
-        },
-        "input_audio_echo_cancellation": {"type": "server_echo_cancellation"},
-        "input_audio_noise_reduction": {"type": "azure_deep_noise_suppression"},
-        "input_audio_transcription": {"model": "whisper-1"},
-    }
+        session["input_audio_echo_cancellation"] = None
+    if settings.noise_reduction:
+        session["input_audio_noise_reduction"] = {"type": settings.noise_reduction}
+    else:
+        session["input_audio_noise_reduction"] = None
+    session["input_audio_transcription"] = transcription_config(settings)
+    return session
+
+
+def voice_config(settings: Settings) -> dict[str, Any]:
+    """``voice``: an OpenAI voice, an azure-realtime native voice, an Azure standard or HD
+    voice, or (with ``VOICE_ENDPOINT_ID``) a custom voice; with temperature and rate."""
+    name = settings.voice_name
+    voice: dict[str, Any]
+    if settings.voice_endpoint_id:
+        voice = {"type": "azure-custom", "name": name, "endpoint_id": settings.voice_endpoint_id}
+    elif name in OPENAI_VOICES:
+        voice = {"type": "openai", "name": name}
+    elif name in NATIVE_VOICES and model_family(settings.voicelive_model) == "azure-realtime":
+        voice = {"type": "azure-realtime-native", "name": name}
+    else:
+        voice = {"type": "azure-standard", "name": name}
+    if settings.voice_temperature is not None:
+        voice["temperature"] = settings.voice_temperature
+    if settings.voice_rate:
+        voice["rate"] = settings.voice_rate
+    return voice
+
+
+def turn_detection_config(settings: Settings) -> dict[str, Any]:
+    """``turn_detection``: the type with the fields it takes, plus what the settings ask."""
+    kind = settings.turn_detection
+    spec: dict[str, Any] = {"type": kind}
+    if kind != "semantic_vad":
+        # semantic_vad decides with a model, not a level (reference, RealtimeOpenAISemanticVAD).
+        spec.update(
+            {
+                "threshold": settings.vad_threshold,
+                "prefix_padding_ms": settings.vad_prefix_padding_ms,
+                "silence_duration_ms": settings.vad_silence_duration_ms,
+            }
+        )
+    spec["create_response"] = True
+    spec["interrupt_response"] = True
+    if settings.end_of_utterance != OFF:
+        spec["end_of_utterance_detection"] = {"model": settings.end_of_utterance}
+    if settings.vad_remove_filler_words:
+        spec["remove_filler_words"] = True
+    if settings.vad_languages:
+        spec["languages"] = list(settings.vad_languages)
+    return spec
+
+
+def transcription_config(settings: Settings) -> dict[str, Any] | None:
+    """``input_audio_transcription``: model, language, phrase list; None when off."""
+    if not settings.transcription_model:
+        return None
+    spec: dict[str, Any] = {"model": settings.transcription_model}
+    if settings.transcription_language:
+        spec["language"] = settings.transcription_language
+    if settings.transcription_phrases:
+        spec["phrase_list"] = list(settings.transcription_phrases)
+    return spec
