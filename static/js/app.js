@@ -1,22 +1,54 @@
 // The page: wires VoiceClient events to the DOM and exposes window.voicebridge for tests.
 
-import { VoiceClient } from './client.js';
+import { VoiceClient, microphoneProblem } from './client.js';
 
 const $ = (id) => document.getElementById(id);
 
-const STATUS_HINTS = {
-  idle: 'Press Start and allow the microphone.',
-  connecting: 'Connecting to the server…',
-  reconnecting: 'Connection lost, reconnecting…',
-  ready: 'Ready. Speak whenever you like.',
-  listening: 'Listening. Go ahead and speak.',
-  processing: 'Got it, working on an answer…',
-  agent_speaking: 'The agent is speaking. Talk over it to interrupt.',
-  shutting_down: 'The server is restarting; this page will reconnect.',
-  ending: 'The session is ending.',
-  ended: 'The session has ended.',
-  disconnected: 'Session ended. Press Start for a new one.',
+// Every state the pill can show: the server's statuses (README "WebSocket protocol") and
+// the page's own. The key stays in data-status (for CSS and tests); people see the label.
+const STATUSES = {
+  idle: { label: 'Not started', hint: 'Press Start and allow the microphone.' },
+  connecting: { label: 'Connecting…', hint: 'Connecting to the server…' },
+  reconnecting: { label: 'Reconnecting…', hint: 'The connection dropped; trying again…' },
+  // The server is waiting for speech: from the caller's side, the agent is listening.
+  ready: { label: 'Listening', hint: 'Go ahead and speak; the agent is listening.' },
+  // The server's "listening" means it has detected speech: the caller is talking.
+  listening: {
+    label: "You're speaking",
+    hint: 'Hearing you. Pause when you are done and the agent will answer.',
+  },
+  processing: { label: 'Thinking…', hint: 'Got it; the agent is preparing an answer.' },
+  agent_speaking: {
+    label: 'Agent speaking',
+    hint: 'The agent is answering. Just start talking to interrupt.',
+  },
+  ending: { label: 'Ending soon', hint: 'This conversation is reaching its time limit.' },
+  shutting_down: {
+    label: 'Server restarting',
+    hint: 'The server is restarting; this page reconnects by itself.',
+  },
+  ended: {
+    label: 'Conversation ended',
+    hint: 'The conversation has ended. Press Start for a new one.',
+  },
+  stopped: {
+    label: 'Stopped',
+    hint: 'You ended the conversation. Press Start for a new one.',
+  },
+  failed: { label: 'Not connected', hint: 'Press Start to try again.' },
 };
+
+/** "some_new_status" -> "Some new status": a newer server's status, still in words. */
+function humanize(token) {
+  const words = String(token).replace(/[_-]+/g, ' ').trim();
+  return words ? words.charAt(0).toUpperCase() + words.slice(1) : 'Unknown';
+}
+
+/** "session time limit reached." -> "Session time limit reached" */
+function sentence(text) {
+  const t = String(text).trim().replace(/[.\s]+$/, '');
+  return t.charAt(0).toUpperCase() + t.slice(1);
+}
 
 const client = new VoiceClient();
 const ui = {
@@ -27,11 +59,14 @@ const ui = {
   stop: $('stop'),
   errors: $('errors'),
   transcript: $('transcript'),
+  transcriptWrap: $('transcript-wrap'),
   empty: $('transcript-empty'),
   meterFill: $('meter-fill'),
   meterDb: $('meter-db'),
   banner: $('emulator-banner'),
   backend: $('backend'),
+  callerNotice: $('caller-notice'),
+  callerNoticeText: $('caller-notice-text'),
   token: $('token'),
   tokenHint: $('token-hint'),
   connection: $('connection'),
@@ -51,61 +86,186 @@ window.voicebridge = {
   statusHistory: client.statusHistory,
   transcript: client.transcript,
   config: null,
-  errors: [],
+  errors: [], // every message shown, repeats included: {message, code, kind}
 };
 
-function showStatus(value, hint) {
-  ui.status.textContent = value;
-  ui.pill.dataset.status = value;
-  ui.hint.textContent = hint ?? STATUS_HINTS[value] ?? '';
+function showStatus(key, hint) {
+  const known = Object.hasOwn(STATUSES, key) ? STATUSES[key] : null;
+  ui.status.textContent = known ? known.label : humanize(key);
+  ui.pill.dataset.status = key;
+  ui.hint.textContent = hint ?? known?.hint ?? '';
 }
 
+/**
+ * Start and Stop swap places as the one enabled button. Focus follows the swap, so a
+ * keyboard user who pressed Start lands on Stop (and back) instead of on the page's body;
+ * focus elsewhere, such as the message box, is left where it is.
+ */
 function setBusy(running) {
+  const changed = ui.start.disabled !== running;
+  const focused = document.activeElement;
+  const onControls = [null, document.body, ui.start, ui.stop].includes(focused);
   ui.start.disabled = running;
   ui.stop.disabled = !running;
   document.body.classList.toggle('live', running);
+  if (changed && onControls) (running ? ui.stop : ui.start).focus();
 }
 
-// -- errors -----------------------------------------------------------------------------
+// -- messages ---------------------------------------------------------------------------
 
-function showError(message, { kind = 'error', code = '' } = {}) {
+// The one message on show: a new one replaces it, the same one again is counted instead
+// of stacked (a page that retries eight times says so once).
+let shown = null; // {el, message, kind, count, countEl, timer}
+
+function clearMessage() {
+  if (shown) clearTimeout(shown.timer);
+  shown = null;
+  ui.errors.replaceChildren();
+}
+
+function showMessage(message, { kind = 'error', code = '' } = {}) {
   window.voicebridge.errors.push({ message, code, kind });
-  const item = document.createElement('div');
-  item.className = `toast toast-${kind}`;
-  item.setAttribute('role', kind === 'error' ? 'alert' : 'status');
+  if (shown && shown.el.isConnected) {
+    if (shown.message === message && shown.kind === kind) {
+      shown.count += 1;
+      shown.countEl.textContent = ` (${shown.count} times)`;
+      armDismiss(shown);
+      return;
+    }
+    // A passing notice does not hide an error the user has not dismissed yet.
+    if (kind !== 'error' && shown.kind === 'error') return;
+  }
+  clearMessage();
+  const el = document.createElement('div');
+  el.className = `toast toast-${kind}`;
+  el.dataset.code = code;
+  el.setAttribute('role', kind === 'error' ? 'alert' : 'status');
   const text = document.createElement('span');
+  text.className = 'toast-text';
   text.textContent = message;
+  const countEl = document.createElement('span');
+  countEl.className = 'toast-count';
+  text.append(countEl);
   const close = document.createElement('button');
   close.type = 'button';
   close.className = 'toast-close';
-  close.setAttribute('aria-label', 'Dismiss');
+  close.setAttribute('aria-label', 'Dismiss message');
   close.textContent = '×';
-  close.addEventListener('click', () => item.remove());
-  item.append(text, close);
-  ui.errors.append(item);
-  while (ui.errors.children.length > 3) ui.errors.firstElementChild.remove();
-  if (kind !== 'error') setTimeout(() => item.remove(), 8000);
+  close.addEventListener('click', () => {
+    clearMessage();
+    // The button is gone with its message; the focus goes to the call's control.
+    (ui.start.disabled ? ui.stop : ui.start).focus();
+  });
+  el.append(text, close);
+  ui.errors.append(el);
+  shown = { el, message, kind, count: 1, countEl, timer: 0 };
+  armDismiss(shown);
+}
+
+function armDismiss(entry) {
+  clearTimeout(entry.timer);
+  if (entry.kind !== 'error') {
+    entry.timer = setTimeout(() => {
+      if (shown === entry) clearMessage();
+    }, 8000);
+  }
 }
 
 // -- transcript -------------------------------------------------------------------------
 
-const MAX_BUBBLES = 500; // like client.transcript, only the most recent lines are kept
+const MAX_ITEMS = 500; // like client.transcript, only the most recent lines are kept
 
-function addBubble(role, text, source) {
+// New lines are followed while the reader is at the bottom, not while they scroll back.
+// The transcript scrolls itself: scrollIntoView would also scroll the page and, on a phone,
+// push the message box off the screen.
+let following = true;
+let pinnedTop = -1; // where the page itself last scrolled the transcript to
+function pinTranscript() {
+  ui.transcriptWrap.scrollTop = ui.transcriptWrap.scrollHeight;
+  pinnedTop = ui.transcriptWrap.scrollTop;
+}
+ui.transcriptWrap.addEventListener('scroll', () => {
+  const wrap = ui.transcriptWrap;
+  if (wrap.scrollTop === pinnedTop) return; // our own scroll, maybe measured after a resize
+  following = wrap.scrollHeight - wrap.scrollTop - wrap.clientHeight < 48;
+});
+// When a message above it appears or the keyboard opens, the transcript gets shorter; its
+// last line stays in view.
+new ResizeObserver(() => {
+  if (following) pinTranscript();
+}).observe(ui.transcriptWrap);
+
+function appendToTranscript(item, { follow = false } = {}) {
   ui.empty.hidden = true;
+  ui.transcript.append(item);
+  while (ui.transcript.children.length > MAX_ITEMS) ui.transcript.firstElementChild.remove();
+  if (follow) following = true;
+  if (following) pinTranscript();
+}
+
+function addBubble({ role, text, source, typedId, delivery }) {
   const li = document.createElement('li');
   li.className = `bubble bubble-${role}`;
   li.dataset.role = role;
   if (source) li.dataset.source = source;
+  if (typedId) {
+    li.dataset.typedId = String(typedId);
+    li.dataset.delivery = delivery;
+  }
   const who = document.createElement('span');
   who.className = 'who';
   who.textContent = role === 'user' ? 'You' : 'Agent';
   const body = document.createElement('p');
   body.textContent = text;
   li.append(who, body);
-  ui.transcript.append(li);
-  while (ui.transcript.children.length > MAX_BUBBLES) ui.transcript.firstElementChild.remove();
-  li.scrollIntoView({ block: 'nearest', behavior: 'smooth' });
+  appendToTranscript(li, { follow: Boolean(typedId) });
+}
+
+const DELIVERY_NOTES = {
+  not_sent: 'Not sent: too many messages in a short time. Wait a moment, then',
+  unconfirmed: 'Not confirmed: the connection closed before the server answered. You can',
+};
+
+function markTyped({ typedId, text, delivery }) {
+  const li = ui.transcript.querySelector(`[data-typed-id="${typedId}"]`);
+  if (!li) return;
+  li.dataset.delivery = delivery;
+  if (!Object.hasOwn(DELIVERY_NOTES, delivery)) return;
+  const note = document.createElement('p');
+  note.className = 'delivery-note';
+  const again = document.createElement('button');
+  again.type = 'button';
+  again.className = 'link-button';
+  again.textContent = 'send it again';
+  again.addEventListener('click', () => {
+    if (client.sendText(text)) ui.textInput.focus();
+  });
+  note.append(`${DELIVERY_NOTES[delivery]} `, again, '.');
+  li.append(note);
+  if (following) pinTranscript();
+}
+
+/** A line across the transcript where a new session (a new conversation) begins. */
+function addDivider(afterReconnect) {
+  const last = ui.transcript.lastElementChild;
+  if (!last || last.classList.contains('divider')) return; // nothing above to set apart
+  const li = document.createElement('li');
+  li.className = 'divider';
+  li.dataset.reason = afterReconnect ? 'reconnect' : 'start';
+  const title = document.createElement('span');
+  title.className = 'divider-title';
+  const time = new Date().toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+  title.textContent = `New conversation · ${time}`;
+  li.append(title);
+  if (afterReconnect) {
+    const why = document.createElement('span');
+    why.className = 'divider-note';
+    why.textContent =
+      'The connection dropped and a new session started; ' +
+      'the agent does not remember what was said above.';
+    li.append(why);
+  }
+  appendToTranscript(li, { follow: true });
 }
 
 // -- meter ------------------------------------------------------------------------------
@@ -129,36 +289,66 @@ function setLevel(rms) {
 
 // -- client events ----------------------------------------------------------------------
 
+let sessionsStarted = 0;
+let reconnected = false; // the next session is started by a reconnect, not by Start
+
 client.addEventListener('state', (e) => {
-  const { state, reason, delayMs, attempt } = e.detail;
+  const { state, reason, delayMs, attempt, code } = e.detail;
   if (state === 'connecting') {
     setBusy(true);
+    reconnected = false;
     showStatus('connecting');
   } else if (state === 'open') {
     setBusy(true);
     showStatus('connecting', 'Connected. Starting the voice session…');
   } else if (state === 'reconnecting') {
     setBusy(true);
+    reconnected = true;
     const secs = (delayMs / 1000).toFixed(1);
-    showStatus('reconnecting', `${reason}. Reconnecting in ${secs} s (attempt ${attempt})…`);
-  } else if (state === 'stopped' || state === 'failed') {
+    showStatus('reconnecting', `${reason}. Trying again in ${secs} s (attempt ${attempt})…`);
+  } else if (state === 'stopped' && code === undefined) {
     setBusy(false);
-    showStatus('disconnected', reason && state === 'stopped' ? `${reason}.` : undefined);
+    showStatus('stopped'); // the user's own Stop: nothing went wrong
+  } else if (state === 'stopped') {
+    // The server ended it on purpose; its status "ended", if it came, already says why.
+    setBusy(false);
+    if (ui.pill.dataset.status !== 'ended') {
+      showStatus('ended', reason ? `${reason}. Press Start for a new conversation.` : undefined);
+    }
+  } else if (state === 'failed') {
+    setBusy(false);
+    showStatus('failed');
   }
 });
 
 client.addEventListener('status', (e) => {
-  const { status, message } = e.detail;
-  showStatus(status, status === 'ended' && message ? `Session ended: ${message}.` : undefined);
+  const { status, message, seconds_left: secondsLeft } = e.detail;
+  let hint;
+  if (status === 'ended' && message) hint = `The conversation has ended: ${sentence(message)}.`;
+  if (status === 'ending' && Number.isFinite(secondsLeft)) {
+    const seconds = Math.max(0, Math.round(secondsLeft));
+    hint = `This conversation reaches its time limit in about ${seconds} seconds.`;
+  }
+  showStatus(status, hint);
 });
-client.addEventListener('transcript', (e) => addBubble(e.detail.role, e.detail.text, e.detail.source));
-client.addEventListener('error', (e) => showError(e.detail.message, { code: e.detail.code }));
-client.addEventListener('notice', (e) => showError(e.detail.message, { kind: 'info' }));
+client.addEventListener('transcript', (e) => addBubble(e.detail));
+client.addEventListener('typed', (e) => markTyped(e.detail));
+const MIC_BLOCKED_HINT = 'This page cannot use the microphone as it was opened; see below.';
+client.addEventListener('error', (e) => {
+  showMessage(e.detail.message, { code: e.detail.code });
+  if (e.detail.code === 'insecure_context') ui.hint.textContent = MIC_BLOCKED_HINT;
+});
+client.addEventListener('notice', (e) => showMessage(e.detail.message, { kind: 'info' }));
 client.addEventListener('level', (e) => setLevel(e.detail.rms));
 client.addEventListener('session', (e) => {
   const { session_id: id, backend } = e.detail;
   ui.sessionId.textContent = id || '–';
   if (backend) showBackend(backend);
+  // What went wrong before this session started is over now.
+  if (shown?.kind === 'error') clearMessage();
+  if (sessionsStarted > 0) addDivider(reconnected);
+  sessionsStarted += 1;
+  reconnected = false;
 });
 client.addEventListener('mic', (e) => {
   const { inputRate, taps } = e.detail;
@@ -181,12 +371,12 @@ client.addEventListener('clear', paintStats);
 // -- controls ---------------------------------------------------------------------------
 
 ui.start.addEventListener('click', () => {
-  ui.errors.replaceChildren();
+  clearMessage();
   const token = ui.token.value.trim();
   if (window.voicebridge.config?.client_token_required && !token) {
     ui.connection.open = true;
     ui.token.focus();
-    showError('This server needs a client token. Enter it under Connection.', { code: 'token' });
+    showMessage('This server needs a client token. Enter it under Connection.', { code: 'token' });
     return;
   }
   sessionStorage.setItem('voicebridge.token', token);
@@ -204,11 +394,7 @@ ui.textForm.addEventListener('submit', (e) => {
   e.preventDefault();
   const text = ui.textInput.value;
   if (!text.trim()) return;
-  if (client.sendText(text)) {
-    ui.textInput.value = '';
-    // The server answers typed text without transcribing it back, so show it here.
-    client.addLine('user', text, 'typed');
-  }
+  if (client.sendText(text)) ui.textInput.value = '';
 });
 
 window.addEventListener('pagehide', () => client.stop());
@@ -221,6 +407,13 @@ function showBackend(backend) {
   ui.banner.hidden = backend !== 'emulator';
 }
 
+/** The operator's line for callers (CALLER_NOTICE), e.g. that they are talking to an AI. */
+function showCallerNotice(text) {
+  const notice = typeof text === 'string' ? text.trim() : '';
+  ui.callerNoticeText.textContent = notice;
+  ui.callerNotice.hidden = !notice;
+}
+
 async function loadConfig() {
   try {
     const res = await fetch('/config', { cache: 'no-store' });
@@ -228,6 +421,7 @@ async function loadConfig() {
     const cfg = await res.json();
     window.voicebridge.config = cfg;
     showBackend(cfg.backend);
+    showCallerNotice(cfg.caller_notice);
     ui.serverVersion.textContent = cfg.version ? `v${cfg.version}` : '–';
     if (cfg.client_token_required) {
       ui.tokenHint.textContent = 'This server requires a client token.';
@@ -235,7 +429,7 @@ async function loadConfig() {
     }
   } catch (err) {
     ui.backend.textContent = 'Unknown';
-    showError(`Could not load the server configuration (${err.message}).`, { kind: 'info' });
+    showMessage(`Could not load the server configuration (${err.message}).`, { kind: 'info' });
   }
 }
 
@@ -251,4 +445,11 @@ ui.token.value = linkToken || sessionStorage.getItem('voicebridge.token') || '';
 // Connection details are secondary on a phone, where the panel sits below the card.
 if (window.matchMedia('(max-width: 820px)').matches) ui.connection.open = false;
 showStatus('idle');
+// Said before anyone presses Start: opened over plain HTTP from another machine, the page
+// cannot have the microphone, and the fix is in the address bar, not in the page.
+const micProblem = microphoneProblem();
+if (micProblem) {
+  showStatus('idle', MIC_BLOCKED_HINT);
+  showMessage(micProblem, { code: 'insecure_context' });
+}
 loadConfig();

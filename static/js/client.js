@@ -1,6 +1,6 @@
 // VoiceClient: one voice session over /ws/voice, with the microphone graph, the agent
 // player, keepalive and reconnection. It knows nothing about the DOM; the page listens to
-// its events: state, session, status, transcript, clear, error, notice, level, mic,
+// its events: state, session, status, transcript, typed, clear, error, notice, level, mic,
 // playback.
 
 import { AgentPlayer, MicCapture, WIRE_RATE } from './audio.js';
@@ -33,6 +33,33 @@ export const CLOSE_REASONS = {
 const CODE_REASONS = {
   slow_consumer: 'The connection was too slow for the audio',
 };
+
+/**
+ * Why this page cannot use the microphone, in words a caller can act on; null when it can.
+ *
+ * Browsers offer getUserMedia and audio worklets only to secure contexts: https pages and
+ * http://localhost. A page opened as http://<a name or address> gets neither, and without
+ * this check the first thing that fails is "Cannot read properties of undefined".
+ */
+export function microphoneProblem(win = window) {
+  if (win.navigator.mediaDevices?.getUserMedia && win.AudioWorkletNode) return null;
+  const { location } = win;
+  if (!win.isSecureContext) {
+    const port = location.port ? `:${location.port}` : '';
+    return (
+      `The microphone is blocked because this page was opened over plain HTTP ` +
+      `(${location.origin}); browsers allow it only on secure pages. Open the page with an ` +
+      `https:// address (the server, or a proxy in front of it, needs a TLS certificate), ` +
+      `or open http://localhost${port}${location.pathname} on the computer running ` +
+      `voicebridge.`
+    );
+  }
+  return (
+    'This browser offers no microphone access on this page. Use a current Chrome, Edge, ' +
+    'Firefox or Safari; if the page is shown inside another page, that page must allow ' +
+    'the microphone.'
+  );
+}
 
 /** Append to a list that keeps only its last MAX_HISTORY entries (in place). */
 function pushCapped(list, item) {
@@ -78,6 +105,14 @@ export class VoiceClient extends EventTarget {
     this.reportedPlayed = new Map();
     this.endedCode = null; // the code of this socket's status "ended", if any
     this.errorCode = null; // the code of this socket's last error message, if any
+    // Typed messages get no answer of their own when accepted, only an error when dropped
+    // (rate_limited). Each is followed by a ping: the server handles a socket's messages
+    // in order, so its pong says every message sent before that ping was handled, and a
+    // rate_limited error that comes first belongs to the oldest message still waiting.
+    this.typedPending = []; // {line, ack}: ack is the number of pongs that settles it
+    this.typedSeq = 0;
+    this.pingsSent = 0; // on this socket
+    this.pongsReceived = 0; // on this socket
     this.sessionId = null;
     this.backend = null;
     this.stats = {
@@ -130,6 +165,12 @@ export class VoiceClient extends EventTarget {
     this.token = token;
     this.tokenAccepted = false;
     this.attempt = 0;
+    const micProblem = microphoneProblem();
+    if (micProblem) {
+      this.setState('failed');
+      this.emit('error', { message: micProblem, code: 'insecure_context' });
+      return;
+    }
     if (token && !SUBPROTOCOL_CHARS.test(token)) {
       this.setState('failed');
       this.emit('error', {
@@ -224,6 +265,8 @@ export class VoiceClient extends EventTarget {
     this.reportedPlayed.clear();
     this.endedCode = null;
     this.errorCode = null;
+    this.pingsSent = 0;
+    this.pongsReceived = 0;
     ws.onopen = () => {
       if (gen !== this.generation) return;
       opened = true;
@@ -250,6 +293,8 @@ export class VoiceClient extends EventTarget {
 
   detachSocket() {
     this.stopKeepalive();
+    // The server may or may not have handled what was still waiting for its pong.
+    this.settleTyped(this.typedPending.length, 'unconfirmed');
     if (this.ws) {
       this.ws.onopen = this.ws.onmessage = this.ws.onerror = this.ws.onclose = null;
     }
@@ -393,7 +438,7 @@ export class VoiceClient extends EventTarget {
         this.scheduleReconnect({ code: 1006, reason: 'Server stopped answering' });
         return;
       }
-      this.sendJson({ type: 'ping' });
+      this.sendPing();
     }, PING_INTERVAL_MS);
   }
 
@@ -414,14 +459,38 @@ export class VoiceClient extends EventTarget {
     return true;
   }
 
+  sendPing() {
+    if (this.sendJson({ type: 'ping' })) this.pingsSent += 1;
+  }
+
+  /**
+   * Send a typed message and add it to the transcript (the server does not transcribe
+   * typed text back). Returns its transcript line, whose `delivery` goes from "pending" to
+   * "sent", "not_sent" (dropped by the server's rate limit) or "unconfirmed" (the socket
+   * closed first), each change announced by a `typed` event; null if nothing was sent.
+   */
   sendText(text) {
     const clean = text.trim();
-    if (!clean) return false;
+    if (!clean) return null;
     if (!this.sendJson({ type: 'text', text: clean })) {
       this.emit('error', { message: 'Not connected: start a session first.', code: 'offline' });
-      return false;
+      return null;
     }
-    return true;
+    const line = this.addLine('user', clean, 'typed', {
+      typedId: ++this.typedSeq,
+      delivery: 'pending',
+    });
+    this.typedPending.push({ line, ack: this.pingsSent + 1 });
+    this.sendPing();
+    return line;
+  }
+
+  /** The oldest `count` typed messages still waiting are settled as `delivery`. */
+  settleTyped(count, delivery, detail = {}) {
+    for (const { line } of this.typedPending.splice(0, count)) {
+      line.delivery = delivery;
+      this.emit('typed', { typedId: line.typedId, text: line.text, delivery, ...detail });
+    }
   }
 
   onMicFrame(pcm, rms, peak) {
@@ -568,10 +637,19 @@ export class VoiceClient extends EventTarget {
         break;
       case 'error':
         if (typeof msg.code === 'string' && msg.code) this.errorCode = msg.code;
+        if (msg.code === 'rate_limited' && this.typedPending.length) {
+          // The oldest typed message not yet handled was dropped; the session goes on.
+          this.settleTyped(1, 'not_sent', { code: msg.code, message: msg.message || '' });
+          break;
+        }
         this.emit('error', { message: msg.message || 'Unknown error', code: msg.code || '' });
         break;
-      case 'pong':
+      case 'pong': {
+        this.pongsReceived += 1;
+        const handled = this.typedPending.findIndex((t) => t.ack > this.pongsReceived);
+        this.settleTyped(handled < 0 ? this.typedPending.length : handled, 'sent');
         break;
+      }
       default:
         // Newer servers may send more; ignore what this page does not know.
         break;
@@ -582,10 +660,12 @@ export class VoiceClient extends EventTarget {
     return this.statusHistory.length ? this.statusHistory[this.statusHistory.length - 1] : null;
   }
 
-  addLine(role, text, source = role) {
-    if (typeof text !== 'string' || !text.trim()) return;
-    const line = { role, text: text.trim() };
+  /** Add a line to the transcript; `extra` fields are kept on it. Returns the line. */
+  addLine(role, text, source = role, extra = {}) {
+    if (typeof text !== 'string' || !text.trim()) return null;
+    const line = { role, text: text.trim(), ...extra };
     pushCapped(this.transcript, line);
     this.emit('transcript', { ...line, source });
+    return line;
   }
 }
