@@ -224,3 +224,39 @@ async def test_replay_after_a_barge_in_carries_what_the_caller_heard(
     # The cut answer is replayed as far as it was heard, not as the full answer would be.
     assert 0 < len(heard.split()) < len(full["text"].split())
     assert cut["text"].startswith(heard)
+
+
+async def test_connection_lost_mid_answer_is_reported_and_the_call_goes_on(
+    start_emu: StartEmulator, make_client: MakeClient
+) -> None:
+    """Dropped while the agent speaks: response_interrupted, then the next turn is answered."""
+    emu = await start_emu(realtime=True)
+    client = await make_client(relay_settings(emu))
+    voice = await started(client)
+    await voice.ws.send_json({"type": "text", "text": "Tell me about the premium plan."})
+    await voice.until(lambda e: e[0] == "audio")
+    _drop(emu)
+    reconnecting = await voice.until_type("status", status="reconnecting", timeout=10)
+    assert reconnecting["code"] == "response_interrupted"
+    await voice.until_type("status", status="ready")
+    await voice.ws.send_json({"type": "text", "text": "And the basic plan?"})
+    answer = await voice.until_type("agent_transcript", timeout=30)
+    assert "basic plan" in answer["text"]
+    texts = _texts(emu.conversation())
+    assert ("user", "Tell me about the premium plan.") in texts  # the history came along
+
+
+async def test_shutdown_during_a_reconnect_closes_promptly(
+    start_emu: StartEmulator, make_client: MakeClient
+) -> None:
+    """A graceful drain while the session reconnects still ends it with 1001."""
+    emu = await start_emu()
+    client = await make_client(relay_settings(emu, UPSTREAM_RECONNECT_S="60"))
+    voice = await started(client)
+    emu.refuse_next(10_000)
+    _drop(emu)
+    await voice.until_type("status", status="reconnecting", timeout=10)
+    session = next(iter(client.app[STATE].sessions.values()))
+    async with asyncio.timeout(10):
+        await session.drain(0.5)
+    assert await voice.until_closed() == 1001
