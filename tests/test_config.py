@@ -29,11 +29,17 @@ def test_defaults_use_the_emulator_without_azure_settings() -> None:
 
 
 def test_any_azure_setting_selects_azure_and_requires_the_rest() -> None:
-    """Setting only the endpoint selects azure and names the two missing variables."""
+    """The endpoint alone selects azure with Entra ID and names the missing model (and key)."""
     with pytest.raises(ConfigError) as info:
         make_settings(AZURE_OPENAI_ENDPOINT="https://x.example.com")
+    assert info.value.problems == [
+        "AZURE_OPENAI_DEPLOYMENT: required when the backend is azure (the Voice Live model, "
+        "e.g. gpt-realtime), unless VOICELIVE_AGENT_NAME names an agent"
+    ]
+    with pytest.raises(ConfigError) as info:
+        make_settings(AZURE_OPENAI_ENDPOINT="https://x.example.com", AZURE_AUTH="key")
     text = str(info.value)
-    assert "AZURE_OPENAI_KEY: required" in text
+    assert "AZURE_OPENAI_KEY: required with AZURE_AUTH=key" in text
     assert "AZURE_OPENAI_DEPLOYMENT: required" in text
 
 
@@ -53,11 +59,10 @@ def test_every_problem_is_listed_at_once(tmp_path: Path) -> None:
     assert "VAD_THRESHOLD: expected a number, got 'loud'" in joined
     assert "APP_PORT: must be 1..65535, got 70000" in joined
     assert "AGENT_INSTRUCTIONS_FILE: cannot read" in joined
-    assert "AZURE_OPENAI_KEY: required when the backend is azure" in joined
     assert "AZURE_OPENAI_DEPLOYMENT: required when the backend is azure" in joined
     assert "AZURE_OPENAI_ENDPOINT: must be an http(s) or ws(s) URL" in joined
     assert "LOG_LEVEL" in joined
-    assert len(problems) == 7
+    assert len(problems) == 6
 
 
 @pytest.mark.parametrize("value", ["-0.1", "1.5"])

@@ -371,8 +371,10 @@ async def test_random_upstream_aborts_across_many_sessions(
         asked += 1
         for voice in voices:
             async with asyncio.timeout(60):
-                while len(voice.messages("agent_text") + voice.messages("agent_transcript")) < asked:
+                answers = voice.messages("agent_text") + voice.messages("agent_transcript")
+                while len(answers) < asked:
                     await voice.until(lambda e: e[0] == "json")
+                    answers = voice.messages("agent_text") + voice.messages("agent_transcript")
     assert dropped > sessions // 2
     assert len(state.sessions) == sessions  # none lost
     for voice in voices:

@@ -6,6 +6,7 @@ import asyncio
 import gc
 import json
 import os
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -14,13 +15,16 @@ import attrs
 import pytest
 from aiohttp import web
 from azure.ai.voicelive.aio import connect
-from azure.core.credentials import AzureKeyCredential
+from azure.core.credentials import AccessToken, AzureKeyCredential
+from azure.core.exceptions import ClientAuthenticationError
 from hypothesis import given
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
 from tests.conftest import KEY, StartEmulator
 from voicebridge.relay import events as ev
 from voicebridge.relay.upstream import (
+    EntraTokens,
     Upstream,
     UpstreamClosed,
     UpstreamConfig,
@@ -28,9 +32,13 @@ from voicebridge.relay.upstream import (
     realtime_url,
 )
 
+API_VERSION = "2026-07-15"
+
 
 def _config(endpoint: str, key: str = KEY) -> UpstreamConfig:
-    return UpstreamConfig(endpoint=endpoint, api_key=key, model="gpt-realtime", api_version="v1")
+    return UpstreamConfig(
+        endpoint=endpoint, api_key=key, model="gpt-realtime", api_version=API_VERSION
+    )
 
 
 def _open_fds() -> int:
@@ -85,14 +93,14 @@ async def loop_complaints() -> AsyncIterator[list[str]]:
 def test_realtime_url_is_the_sdks(endpoint: str, expected: str) -> None:
     """The URL is what the SDK's own connect() would open (scheme, path, query)."""
     url = realtime_url(_config(endpoint))
-    assert url == f"{expected}/voice-live/realtime?api-version=v1&model=gpt-realtime"
+    assert url == f"{expected}/voice-live/realtime?api-version={API_VERSION}&model=gpt-realtime"
     # The SDK builds the same URL (plus a telemetry parameter). This private call is
     # test-only: it fails loudly if a new SDK changes how the URL is made.
     manager = connect(
         credential=AzureKeyCredential("k"),
         endpoint=endpoint,
         model="gpt-realtime",
-        api_version="v1",
+        api_version=API_VERSION,
     )
     sdk = urlsplit(manager._prepare_url())  # type: ignore[attr-defined]
     ours = urlsplit(url)
@@ -244,3 +252,144 @@ def test_service_error_keeps_its_code() -> None:
     parsed = ev.parse_event(frame)
     assert isinstance(parsed, ev.ServiceError)
     assert parsed.code == "x" * 100 and parsed.message == "bad"
+
+
+# --- agent mode and Microsoft Entra ID ---------------------------------------------------
+
+
+class LocalCredential:
+    """A local AsyncTokenCredential: the token source, all a test can substitute."""
+
+    def __init__(self, token: str = "entra-token-123", *, fail: bool = False) -> None:
+        self.token = token
+        self.fail = fail
+        self.scopes: list[tuple[str, ...]] = []
+        self.closed = False
+
+    async def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+        self.scopes.append(scopes)
+        if self.fail:
+            raise ClientAuthenticationError("no identity here: try az login (test)")
+        return AccessToken(self.token, int(time.time()) + 3600)
+
+    async def close(self) -> None:
+        self.closed = True
+
+    async def __aenter__(self) -> LocalCredential:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+
+@pytest.mark.parametrize("version", ["", "7"])
+def test_agent_url_is_the_sdks(version: str) -> None:
+    """In agent mode the query names the agent, its project and version as the SDK's does."""
+    config = UpstreamConfig(
+        endpoint="https://res.services.ai.azure.com",
+        api_key="",
+        model=None,
+        api_version=API_VERSION,
+        agent_name="helpdesk",
+        agent_project="support-project",
+        agent_version=version,
+    )
+    ours = urlsplit(realtime_url(config))
+    manager = connect(
+        credential=AzureKeyCredential("k"),
+        endpoint=config.endpoint,
+        api_version=API_VERSION,
+        agent_name="helpdesk",
+        project_name="support-project",
+        agent_version=version or None,
+    )
+    sdk = urlsplit(manager._prepare_url())  # type: ignore[attr-defined]
+    sdk_query = {k: v for k, v in parse_qsl(sdk.query) if k != "x-ms-client-sdk"}
+    assert (sdk.scheme, sdk.netloc, sdk.path, sdk_query) == (
+        ours.scheme,
+        ours.netloc,
+        ours.path,
+        dict(parse_qsl(ours.query)),
+    )
+    assert "model" not in sdk_query
+
+
+async def test_entra_token_is_sent_as_bearer_and_reused(start_emu: StartEmulator) -> None:
+    """A credential's token goes as Bearer for the SDK's scope, fetched once for two connects."""
+    emu = await start_emu(bearer_tokens=("entra-token-123",))
+    credential = LocalCredential()
+    tokens = EntraTokens(credential)
+    config = attrs.evolve(_config(emu.url, key=""), credential=tokens)
+    assert config.auth == "entra"
+    for _ in range(2):
+        upstream = Upstream(await open_connection(config, 3))
+        await upstream.close()
+    assert credential.scopes == [("https://ai.azure.com/.default",)]
+    handshake = emu.last_handshake()
+    assert handshake is not None and handshake["auth"] == "entra"
+    assert "entra-token-123" not in repr(config) + repr(tokens)
+    await tokens.close()
+    assert credential.closed
+
+
+async def test_refused_token_names_entra_and_the_roles(start_emu: StartEmulator) -> None:
+    """A refused token names Entra ID and the roles to check, is not reused, nor quoted."""
+    emu = await start_emu(bearer_tokens=("another-token",))
+    config = attrs.evolve(_config(emu.url, key=""), credential=EntraTokens(LocalCredential()))
+    with pytest.raises(UpstreamClosed) as caught:
+        await open_connection(config, 3)
+    detail = caught.value.detail
+    assert "401" in detail and "AZURE_AUTH=entra" in detail
+    credential = config.credential
+    assert credential is not None
+    with pytest.raises(UpstreamClosed):
+        await open_connection(config, 3)  # a refused token is not reused: fetched again
+    assert isinstance(credential.credential, LocalCredential)
+    assert len(credential.credential.scopes) == 2
+    assert "Cognitive Services User" in detail and "Foundry User" in detail
+    assert "entra-token-123" not in detail and "127.0.0.1" not in detail
+
+
+async def test_refused_key_names_the_key_setting(start_emu: StartEmulator) -> None:
+    """A refused API key names key mode and the setting to check."""
+    emu = await start_emu()
+    with pytest.raises(UpstreamClosed) as caught:
+        await open_connection(_config(emu.url, key="wrong-key-42"), 3)
+    assert "AZURE_AUTH=key" in caught.value.detail
+    assert "AZURE_OPENAI_KEY" in caught.value.detail
+
+
+async def test_failed_sign_in_is_an_upstream_failure() -> None:
+    """A credential without a token fails the connect clearly; the details go to the log."""
+    config = attrs.evolve(
+        _config("ws://127.0.0.1:9"), credential=EntraTokens(LocalCredential(fail=True))
+    )
+    with capture_logs() as logs, pytest.raises(UpstreamClosed) as caught:
+        await open_connection(config, 3)
+    assert "Microsoft Entra ID sign-in failed" in caught.value.detail
+    assert "try az login (test)" not in caught.value.detail
+    assert any(e["event"] == "upstream.entra_token_failed" for e in logs)
+
+
+async def test_agent_connection_reaches_the_emulator_as_an_agent(start_emu: StartEmulator) -> None:
+    """An agent connection with a token is accepted; its session names the agent."""
+    emu = await start_emu(bearer_tokens=("entra-token-123",))
+    config = UpstreamConfig(
+        endpoint=emu.url,
+        api_key="",
+        model=None,
+        api_version=API_VERSION,
+        credential=EntraTokens(LocalCredential()),
+        agent_name="helpdesk",
+        agent_project="support-project",
+    )
+    upstream = Upstream(await open_connection(config, 3))
+    try:
+        created = json.loads(await upstream.receive())
+    finally:
+        await upstream.close()
+    assert created["session"]["agent"]["name"] == "helpdesk"
+    handshake = emu.last_handshake()
+    assert handshake is not None
+    assert handshake["query"]["agent-project-name"] == "support-project"
+    assert "model" not in handshake["query"]

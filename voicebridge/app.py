@@ -17,13 +17,18 @@ DNS rebinding.
 from __future__ import annotations
 
 import asyncio
+import functools
 import secrets
 import signal
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import structlog
 from aiohttp import web
+from azure.core.credentials import AccessToken
+from azure.core.credentials_async import AsyncTokenCredential
 
 from voicebridge import access, errors, ops, ws_voice
 from voicebridge.access import LOOPBACK_HOSTS
@@ -32,6 +37,7 @@ from voicebridge.http_guard import SECURITY_HEADERS, ConnectionGuard, HttpErrorL
 from voicebridge.metrics import Metrics
 from voicebridge.registry import SessionRegistry, SessionSnapshot, create_registry
 from voicebridge.relay import UpstreamConfig
+from voicebridge.relay.upstream import EntraTokens
 from voicebridge.state import STATE, AppState
 
 __all__ = ["STATE", "AppState", "create_app", "serve"]
@@ -39,8 +45,18 @@ __all__ = ["STATE", "AppState", "create_app", "serve"]
 log = structlog.get_logger(__name__)
 
 
-def create_app(settings: Settings, *, registry: SessionRegistry | None = None) -> web.Application:
-    """Build the application; nothing runs until an AppRunner starts it."""
+def create_app(
+    settings: Settings,
+    *,
+    registry: SessionRegistry | None = None,
+    credential: AsyncTokenCredential | None = None,
+) -> web.Application:
+    """Build the application; nothing runs until an AppRunner starts it.
+
+    ``credential``: with ``AZURE_AUTH=entra``, the token source to use instead of the
+    ``DefaultAzureCredential`` the app would create (tests pass a local one). Either way
+    the app owns it: one per process, closed on shutdown.
+    """
     app = web.Application(
         middlewares=[_allowed_host],
         handler_args={
@@ -62,7 +78,7 @@ def create_app(settings: Settings, *, registry: SessionRegistry | None = None) -
             heartbeat_s=settings.registry_heartbeat_s,
         )
     app[STATE] = AppState(settings=settings, metrics=Metrics(), registry=registry)
-    app.cleanup_ctx.append(_upstream_ctx)
+    app.cleanup_ctx.append(functools.partial(_upstream_ctx, credential=credential))
     app.cleanup_ctx.append(_registry_ctx)
     app.on_shutdown.append(_drain_sessions)
     app.router.add_get("/health", ops.health)
@@ -85,42 +101,118 @@ def create_app(settings: Settings, *, registry: SessionRegistry | None = None) -
 # -- lifecycles -----------------------------------------------------------------------
 
 
-async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Use Azure as configured, or start the local Voice Live emulator on loopback."""
+async def _upstream_ctx(
+    app: web.Application, *, credential: AsyncTokenCredential | None = None
+) -> AsyncIterator[None]:
+    """Use Azure as configured, or start the local Voice Live emulator on loopback.
+
+    With ``AZURE_AUTH=entra`` one credential serves every session of the process
+    (``DefaultAzureCredential`` from azure-identity: a managed identity in Azure, a
+    developer's sign-in locally), closed when the app stops.
+    """
     state = app[STATE]
     s = state.settings
+    if s.agent_mode:
+        log.info(
+            "app.agent_mode",
+            agent=s.voicelive_agent_name,
+            project=s.voicelive_agent_project,
+            version=s.voicelive_agent_version or "latest",
+            note="the Foundry agent has its own model and instructions: "
+            "AGENT_INSTRUCTIONS_FILE is not sent",
+        )
+    agent = {
+        "agent_name": s.voicelive_agent_name,
+        "agent_project": s.voicelive_agent_project,
+        "agent_version": s.voicelive_agent_version,
+    }
     if not s.uses_emulator:
+        tokens = None
+        if s.azure_auth == "entra":
+            tokens = EntraTokens(credential if credential is not None else _default_credential())
+        elif credential is not None:
+            await credential.close()  # handed over, not needed: still ours to close
         state.upstream = UpstreamConfig(
             endpoint=s.azure_openai_endpoint,
-            api_key=s.azure_openai_key,
-            model=s.azure_openai_deployment,
+            api_key=s.azure_openai_key if tokens is None else "",
+            model=s.voicelive_model,
             api_version=s.azure_api_version,
             backend="azure",
+            credential=tokens,
+            **agent,
         )
-        log.info("app.upstream", backend="azure", endpoint=mask_url(s.azure_openai_endpoint))
-        yield
+        log.info(
+            "app.upstream",
+            backend="azure",
+            endpoint=mask_url(s.azure_openai_endpoint),
+            auth=s.azure_auth,
+            model=s.voicelive_model,
+            credential=None if tokens is None else type(tokens.credential).__name__,
+        )
+        try:
+            yield
+        finally:
+            if tokens is not None:
+                await tokens.close()
         return
     from voicebridge.emulator import EmulatorOptions, start_emulator
 
+    if credential is not None:
+        await credential.close()  # the built-in emulator takes its own token
     key = secrets.token_urlsafe(24)
-    emulator = await start_emulator(EmulatorOptions(api_key=key), "127.0.0.1", 0)
+    entra = s.azure_auth == "entra"
+    accepted: tuple[str, ...] = (key,) if entra else ()
+    emulator = await start_emulator(
+        EmulatorOptions(api_key=key, bearer_tokens=accepted), "127.0.0.1", 0
+    )
     state.upstream = UpstreamConfig(
         endpoint=emulator.url,
-        api_key=key,
-        model=s.azure_openai_deployment or "gpt-realtime",
+        api_key="" if entra else key,
+        model=s.voicelive_model,
         api_version=s.azure_api_version,
         backend="emulator",
+        credential=EntraTokens(_FixedToken(key)) if entra else None,
+        **agent,
     )
     log.warning(
         "app.upstream",
         backend="emulator",
         endpoint=emulator.url,
+        auth=s.azure_auth,
         note="no Azure settings: using the built-in Voice Live emulator (echoes the caller)",
     )
     try:
         yield
     finally:
         await emulator.close()
+
+
+def _default_credential() -> AsyncTokenCredential:
+    """azure-identity's DefaultAzureCredential (the ``entra`` extra; settings validation
+    has checked it is installed)."""
+    from azure.identity.aio import DefaultAzureCredential
+
+    credential: AsyncTokenCredential = DefaultAzureCredential()
+    return credential
+
+
+class _FixedToken:
+    """The built-in emulator's token source in entra mode: the one token it accepts."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    async def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+        return AccessToken(self._token, int(time.time()) + 24 * 3600)
+
+    async def close(self) -> None:
+        pass
+
+    async def __aenter__(self) -> _FixedToken:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        pass
 
 
 async def _registry_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -268,8 +360,15 @@ def _raise_fd_limit(settings: Settings) -> None:
         )
 
 
+def _log_settings_warnings(settings: Settings) -> None:
+    """The doubtful Voice Live combinations found when the settings were loaded."""
+    for warning in settings.voicelive_findings()[1]:
+        log.warning("app.settings_warning", note=warning)
+
+
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM/SIGINT, then drain: 503 on /health, sessions finish, exit."""
+    _log_settings_warnings(settings)
     _warn_about_open_access(settings)
     _raise_fd_limit(settings)
     app = create_app(settings)

@@ -7,6 +7,7 @@ raised together as one :class:`ConfigError`, so a user fixes a bad ``.env`` in o
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -17,13 +18,20 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import attrs
 from dotenv import dotenv_values
 
+from voicebridge import voicelive
+from voicebridge.voicelive import OPENAI_VOICES
+
 T = TypeVar("T")
 
-OPENAI_VOICES = frozenset(
-    {"alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar"}
-)
+__all__ = ["OPENAI_VOICES", "ConfigError", "Settings", "load_settings", "mask_url"]
+
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DEFAULT_API_VERSION = "2026-07-15"
+#: The model the built-in emulator stands in for when no deployment is named.
+DEFAULT_EMULATOR_MODEL = "gpt-realtime"
+AUTH_MODES = ("key", "entra")
+#: Values of the on/off settings that turn a feature off.
+OFF = "off"
 MASK = "***"
 CALLER_NOTICE_MAX_CHARS = 500
 
@@ -73,6 +81,12 @@ class Settings:
     azure_openai_key: str = attrs.field(default="", repr=False)
     azure_openai_deployment: str = ""
     azure_api_version: str = DEFAULT_API_VERSION
+    # key (api-key header) or entra (a Microsoft Entra ID bearer token).
+    azure_auth: str = "key"
+    # Agent mode: a Foundry Agent Service agent instead of a model.
+    voicelive_agent_name: str = ""
+    voicelive_agent_project: str = ""
+    voicelive_agent_version: str = ""
     upstream_connect_timeout_s: float = 10.0
     # Continuity (used by the relay): reconnect and rotate the upstream, keep the record.
     upstream_reconnect_s: float = 15.0
@@ -83,9 +97,23 @@ class Settings:
 
     # The agent
     voice_name: str = "alloy"
+    voice_temperature: float | None = None
+    voice_endpoint_id: str = ""
+    voice_rate: str = ""
+    turn_detection: str = "server_vad"
     vad_threshold: float = 0.5
     vad_prefix_padding_ms: int = 300
     vad_silence_duration_ms: int = 500
+    vad_remove_filler_words: bool = False
+    vad_languages: tuple[str, ...] = ()
+    end_of_utterance: str = OFF
+    # "" turns input transcription off.
+    transcription_model: str = "whisper-1"
+    transcription_language: str = ""
+    transcription_phrases: tuple[str, ...] = ()
+    # "" turns noise reduction off.
+    noise_reduction: str = "azure_deep_noise_suppression"
+    echo_cancellation: bool = True
     agent_instructions_file: Path = Path("agent_instructions.md")
     enable_proactive_greeting: bool = False
     caller_notice: str = ""
@@ -129,6 +157,28 @@ class Settings:
         return self.voicelive_backend == "emulator"
 
     @property
+    def agent_mode(self) -> bool:
+        """A Foundry agent answers, with its own model and instructions."""
+        return bool(self.voicelive_agent_name)
+
+    @property
+    def voicelive_model(self) -> str | None:
+        """The model named on the connection; None in agent mode (the agent has one)."""
+        if self.agent_mode:
+            return None
+        return self.azure_openai_deployment or DEFAULT_EMULATOR_MODEL
+
+    @property
+    def voicelive_target(self) -> voicelive.Target:
+        """What the configuration is checked against: model or agent, api-version, auth."""
+        return voicelive.Target(
+            model=self.voicelive_model,
+            agent=self.agent_mode,
+            api_version=self.azure_api_version,
+            auth=self.azure_auth,
+        )
+
+    @property
     def client_tokens(self) -> tuple[str, ...]:
         """The accepted client tokens: ``CLIENT_TOKEN`` holds one, or several
         comma-separated (one per client; a comma cannot travel in a subprotocol anyway)."""
@@ -165,6 +215,30 @@ class Settings:
                 value = list(value)
             out[field.name] = value
         return out
+
+    def voicelive_findings(self) -> tuple[list[str], list[str]]:
+        """The session.update and the connection these settings make, checked against what
+        Voice Live documents (voicebridge.voicelive.RULES): the invalid combinations
+        (settings loading refuses them) and the doubtful ones (logged at start-up)."""
+        # Imported here: the relay package imports this module.
+        from voicebridge.relay.session_config import build_session_config
+
+        problems: list[str] = []
+        warnings: list[str] = []
+        session = build_session_config(self, "")
+        for finding in voicelive.check(session, self.voicelive_target):
+            rule = finding.rule
+            names = " / ".join(rule.settings) or "settings"
+            text = f"{names}: {finding.message} (source: {rule.source})"
+            (problems if rule.severity == "error" else warnings).append(text)
+        if self.agent_mode and self.azure_openai_deployment:
+            warnings.append(
+                "AZURE_OPENAI_DEPLOYMENT: not sent in agent mode, where the agent names its "
+                f"own model (source: {voicelive.SRC_REFERENCE}#websocket-endpoint)"
+            )
+        if self.azure_auth == "entra" and self.azure_openai_key:
+            warnings.append("AZURE_OPENAI_KEY: not used, since AZURE_AUTH is entra")
+        return problems, warnings
 
     def read_instructions(self) -> str:
         """The agent's system prompt, read afresh so edits apply to the next session."""
@@ -225,6 +299,27 @@ def _parse_list(raw: str) -> tuple[str, ...]:
     return tuple(item.strip().rstrip("/") for item in raw.split(",") if item.strip())
 
 
+def _parse_words(raw: str) -> tuple[str, ...]:
+    """Comma-separated values kept as written (phrases, language codes)."""
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def _parse_choice(*choices: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}, got {raw!r}")
+        return value
+
+    return parse
+
+
+def _parse_off(raw: str) -> str:
+    """A value, or "" for off / none / false."""
+    value = raw.strip()
+    return "" if value.lower() in {"off", "none", "false", "0"} else value
+
+
 def _parse_hosts(raw: str) -> tuple[str, ...]:
     hosts = []
     for item in (part.strip() for part in raw.split(",")):
@@ -263,21 +358,63 @@ class _Loader:
         if not ok:
             self.problems.append(message)
 
+    def given(self, name: str) -> bool:
+        return bool(self.env.get(name, "").strip())
+
+    def aliased(self, name: str) -> str:
+        """A seed setting or its SDK-samples alias (AZURE_VOICELIVE_*): either may be set;
+        both only to the same value."""
+        alias = _ALIASES[name]
+        value, other = self.get(name, str, ""), self.get(alias, str, "")
+        if value and other and value != other:
+            self.problems.append(
+                f"{name} and {alias}: both set, to different values; set one of them"
+            )
+        return value or other
+
     def load(self) -> Settings:
         g = self.get
         d = Settings()
-        azure_given = any(self.env.get(n, "").strip() for n in _AZURE_VARS)
+        azure_given = any(self.given(n) for n in (*_AZURE_VARS, *_ALIASES.values()))
         backend = g("VOICELIVE_BACKEND", str, "azure" if azure_given else "emulator").lower()
+        key = self.aliased("AZURE_OPENAI_KEY")
+        agent_name = g("VOICELIVE_AGENT_NAME", str, "")
+        # Entra ID unless a key is given; a Foundry agent takes Entra ID only. The built-in
+        # emulator is reached with a key of its own, or as an agent with a token of its own.
+        no_key = not key and backend == "azure"
+        auth = g(
+            "AZURE_AUTH", _parse_choice(*AUTH_MODES), "entra" if agent_name or no_key else "key"
+        )
         values: dict[str, Any] = {
             "voicelive_backend": backend,
-            "azure_openai_endpoint": g("AZURE_OPENAI_ENDPOINT", str, ""),
-            "azure_openai_key": g("AZURE_OPENAI_KEY", str, ""),
-            "azure_openai_deployment": g("AZURE_OPENAI_DEPLOYMENT", str, ""),
+            "azure_openai_endpoint": self.aliased("AZURE_OPENAI_ENDPOINT"),
+            "azure_openai_key": key,
+            "azure_openai_deployment": self.aliased("AZURE_OPENAI_DEPLOYMENT"),
             "azure_api_version": g("AZURE_API_VERSION", str, d.azure_api_version),
+            "azure_auth": auth,
+            "voicelive_agent_name": agent_name,
+            "voicelive_agent_project": g("VOICELIVE_AGENT_PROJECT", str, ""),
+            "voicelive_agent_version": g("VOICELIVE_AGENT_VERSION", str, ""),
             "upstream_connect_timeout_s": g(
                 "UPSTREAM_CONNECT_TIMEOUT_S", _parse_float, d.upstream_connect_timeout_s
             ),
-            "voice_name": g("VOICE_NAME", str, d.voice_name),
+            "voice_name": g("VOICE_NAME", str, ""),
+            "voice_temperature": g("VOICE_TEMPERATURE", _parse_float, None),
+            "voice_endpoint_id": g("VOICE_ENDPOINT_ID", str, ""),
+            "voice_rate": g("VOICE_RATE", str, ""),
+            "turn_detection": g("TURN_DETECTION", str, d.turn_detection).lower(),
+            "vad_remove_filler_words": g(
+                "VAD_REMOVE_FILLER_WORDS", _parse_bool, d.vad_remove_filler_words
+            ),
+            "vad_languages": g("VAD_LANGUAGES", _parse_words, d.vad_languages),
+            "end_of_utterance": g("END_OF_UTTERANCE", _parse_off, "") or OFF,
+            "transcription_model": g("TRANSCRIPTION_MODEL", _parse_off, None),
+            "transcription_language": g("TRANSCRIPTION_LANGUAGE", str, ""),
+            "transcription_phrases": g(
+                "TRANSCRIPTION_PHRASES", _parse_words, d.transcription_phrases
+            ),
+            "noise_reduction": g("NOISE_REDUCTION", _parse_off, d.noise_reduction),
+            "echo_cancellation": g("ECHO_CANCELLATION", _parse_bool, d.echo_cancellation),
             "vad_threshold": g("VAD_THRESHOLD", _parse_float, d.vad_threshold),
             "vad_prefix_padding_ms": g(
                 "VAD_PREFIX_PADDING_MS", _parse_int, d.vad_prefix_padding_ms
@@ -342,10 +479,23 @@ class _Loader:
             "allowed_origins": g("ALLOWED_ORIGINS", _parse_list, d.allowed_origins),
             "allowed_hosts": g("ALLOWED_HOSTS", _parse_hosts, d.allowed_hosts),
         }
+        self.apply_model_defaults(values)
         self.validate(values)
+        settings = Settings(**values)
+        self.problems.extend(settings.voicelive_findings()[0])
         if self.problems:
             raise ConfigError(self.problems)
-        return Settings(**values)
+        return settings
+
+    def apply_model_defaults(self, v: dict[str, Any]) -> None:
+        """Voice and transcription model not set: those the model (or agent) takes."""
+        agent = bool(v["voicelive_agent_name"])
+        model = None if agent else v["azure_openai_deployment"] or DEFAULT_EMULATOR_MODEL
+        family = voicelive.model_family(model, agent=agent)
+        if not v["voice_name"]:
+            v["voice_name"] = voicelive.DEFAULT_VOICE[family]
+        if v["transcription_model"] is None:
+            v["transcription_model"] = voicelive.DEFAULT_TRANSCRIPTION[family]
 
     def validate(self, v: dict[str, Any]) -> None:
         c = self.check
@@ -354,10 +504,25 @@ class _Loader:
             f"VOICELIVE_BACKEND: must be 'azure' or 'emulator', got {v['voicelive_backend']!r}",
         )
         if v["voicelive_backend"] == "azure":
-            for name in _AZURE_VARS:
+            c(
+                bool(v["azure_openai_endpoint"]),
+                "AZURE_OPENAI_ENDPOINT: required when the backend is azure",
+            )
+            if v["azure_auth"] == "key":
+                # Only when AZURE_AUTH=key is explicit: without a key, entra is the default.
+                c(bool(v["azure_openai_key"]), "AZURE_OPENAI_KEY: required with AZURE_AUTH=key")
+            elif importlib.util.find_spec("azure.identity") is None:
+                why = "AZURE_AUTH is entra" if self.given("AZURE_AUTH") else "no API key is set"
+                self.problems.append(
+                    f"AZURE_AUTH: {why}, so Microsoft Entra ID is used, which needs the "
+                    "azure-identity package: pip install 'voicebridge[entra]' (or set "
+                    "AZURE_OPENAI_KEY)"
+                )
+            if not v["voicelive_agent_name"]:
                 c(
-                    bool(self.env.get(name, "").strip()),
-                    f"{name}: required when the backend is azure",
+                    bool(v["azure_openai_deployment"]),
+                    "AZURE_OPENAI_DEPLOYMENT: required when the backend is azure (the Voice "
+                    "Live model, e.g. gpt-realtime), unless VOICELIVE_AGENT_NAME names an agent",
                 )
             endpoint = v["azure_openai_endpoint"]
             if endpoint:
@@ -374,6 +539,7 @@ class _Loader:
         c(v["log_level"] in LOG_LEVELS, f"LOG_LEVEL: must be one of {', '.join(LOG_LEVELS)}")
         c(v["log_format"] in {"console", "json"}, "LOG_FORMAT: must be 'console' or 'json'")
         c(bool(v["voice_name"].strip()), "VOICE_NAME: must not be empty")
+        self.validate_voicelive(v)
         instructions: Path = v["agent_instructions_file"]
         try:
             instructions.read_text(encoding="utf-8")
@@ -432,8 +598,43 @@ class _Loader:
             "MAX_FRAME_BYTES: must be at most 4194304 (4 MiB)",
         )
 
+    def validate_voicelive(self, v: dict[str, Any]) -> None:
+        """The new Voice Live settings one by one; their combinations are checked against
+        voicebridge.voicelive.RULES once the settings are built."""
+        c = self.check
+        agent = v["voicelive_agent_name"]
+        if agent:
+            c(
+                bool(v["voicelive_agent_project"]),
+                "VOICELIVE_AGENT_PROJECT: required with VOICELIVE_AGENT_NAME (the Foundry "
+                "project that holds the agent; the SDK's connect() requires both)",
+            )
+        else:
+            for name in ("VOICELIVE_AGENT_PROJECT", "VOICELIVE_AGENT_VERSION"):
+                c(not self.given(name), f"{name}: set without VOICELIVE_AGENT_NAME")
+        c(
+            v["turn_detection"] != "none",
+            "TURN_DETECTION: none is not offered: the relay relies on the service to detect "
+            "the caller's turns",
+        )
+        if v["transcription_model"] == "":
+            for name in ("TRANSCRIPTION_LANGUAGE", "TRANSCRIPTION_PHRASES"):
+                c(not self.given(name), f"{name}: set while TRANSCRIPTION_MODEL is off")
+        if v["voice_endpoint_id"]:
+            c(
+                v["voice_name"] not in OPENAI_VOICES,
+                "VOICE_ENDPOINT_ID: names a custom voice deployment; VOICE_NAME must be that "
+                f"custom voice, not the OpenAI voice {v['voice_name']!r}",
+            )
+
 
 _AZURE_VARS = ("AZURE_OPENAI_ENDPOINT", "AZURE_OPENAI_KEY", "AZURE_OPENAI_DEPLOYMENT")
+#: The SDK samples' names for the seed settings, accepted as aliases.
+_ALIASES = {
+    "AZURE_OPENAI_ENDPOINT": "AZURE_VOICELIVE_ENDPOINT",
+    "AZURE_OPENAI_KEY": "AZURE_VOICELIVE_API_KEY",
+    "AZURE_OPENAI_DEPLOYMENT": "AZURE_VOICELIVE_MODEL",
+}
 
 
 def load_settings(

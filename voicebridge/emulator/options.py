@@ -10,10 +10,18 @@ each time it is needed, so a change applies to the next audio frame or response.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterable
 
 import attrs
 
 DEFAULT_API_KEY = "emulator-key"
+RESPONSE_OUTCOMES = ("completed", "failed", "incomplete")
+#: ResponseIncompleteDetails.reason (reference 2026-07-15; SDK models).
+INCOMPLETE_REASONS = ("content_filter", "max_output_tokens")
+
+
+def _strings(values: Iterable[str]) -> tuple[str, ...]:
+    return tuple(values)
 
 
 def _non_negative(_instance: object, attribute: attrs.Attribute[float], value: float) -> None:
@@ -51,6 +59,9 @@ class EmulatorOptions:
 
     #: The key clients must present (`api-key` header, or `Authorization: Bearer <key>`).
     api_key: str = attrs.field(default=DEFAULT_API_KEY, repr=False)
+    #: Microsoft Entra ID tokens accepted as `Authorization: Bearer <token>`, as the service
+    #: accepts a token its identity platform issued (the emulator cannot check one).
+    bearer_tokens: tuple[str, ...] = attrs.field(default=(), converter=_strings, repr=False)
     #: Pace response audio in real time; False sends it as fast as the socket takes it.
     realtime: bool = True
     #: Benchmark mode: every `input_audio_buffer.append` is answered at once by one
@@ -75,6 +86,22 @@ class EmulatorOptions:
     #: Longest utterance (or manually buffered audio) kept in memory; a longer turn is
     #: ended by the server as if the speaker had paused.
     max_utterance_s: float = attrs.field(default=30.0, validator=_positive_float)
+    #: Input transcription runs asynchronously with the response (reference 2026-07-15,
+    #: conversation.item.input_audio_transcription.completed: "this event can come before
+    #: or after the response events"). False: before response.created; True: after it.
+    transcription_after_response: bool = False
+    #: Every input transcription fails (`...input_audio_transcription.failed`).
+    fail_transcription: bool = False
+    #: How every response ends: completed; failed (no audio, `status_details.error`); or
+    #: incomplete (half the audio, then `status_details.reason`: `incomplete_reason`).
+    response_outcome: str = attrs.field(
+        default="completed", validator=attrs.validators.in_(RESPONSE_OUTCOMES)
+    )
+    incomplete_reason: str = attrs.field(
+        default="content_filter", validator=attrs.validators.in_(INCOMPLETE_REASONS)
+    )
+    #: Send a `warning` event with this message after every session.updated.
+    session_warning: str | None = None
 
 
 def add_emulator_arguments(parser: argparse.ArgumentParser) -> None:
@@ -137,6 +164,41 @@ def add_emulator_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="MS",
         help="audio carried by each response.audio.delta (default: %(default)s)",
     )
+    parser.add_argument(
+        "--bearer-token",
+        action="append",
+        default=[],
+        metavar="TOKEN",
+        help="accept this Microsoft Entra token as Authorization: Bearer (repeatable)",
+    )
+    parser.add_argument(
+        "--transcription-after-response",
+        action="store_true",
+        help="send input transcriptions after response.created instead of before it",
+    )
+    parser.add_argument(
+        "--fail-transcription",
+        action="store_true",
+        help="fail every input transcription (input_audio_transcription.failed)",
+    )
+    parser.add_argument(
+        "--response-outcome",
+        choices=RESPONSE_OUTCOMES,
+        default="completed",
+        help="how every response ends (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--incomplete-reason",
+        choices=INCOMPLETE_REASONS,
+        default="content_filter",
+        help="status_details.reason of incomplete responses (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--session-warning",
+        default=None,
+        metavar="MESSAGE",
+        help="send a warning event with this message after every session.updated",
+    )
 
 
 def options_from_args(args: argparse.Namespace) -> EmulatorOptions:
@@ -155,4 +217,10 @@ def options_from_args(args: argparse.Namespace) -> EmulatorOptions:
         first_audio_delay_s=args.first_audio_delay_s,
         error_mid_response=args.error_mid_response,
         chunk_ms=args.chunk_ms,
+        bearer_tokens=tuple(args.bearer_token),
+        transcription_after_response=args.transcription_after_response,
+        fail_transcription=args.fail_transcription,
+        response_outcome=args.response_outcome,
+        incomplete_reason=args.incomplete_reason,
+        session_warning=args.session_warning,
     )

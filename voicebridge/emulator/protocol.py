@@ -15,6 +15,9 @@ from typing import Any
 
 import attrs
 
+from voicebridge import voicelive
+from voicebridge.voicelive import OPENAI_VOICES, Target
+
 JSON = dict[str, Any]
 
 # --- error codes -------------------------------------------------------------------------
@@ -33,6 +36,7 @@ ERR_ACTIVE_RESPONSE = "conversation_already_has_active_response"
 ERR_ITEM_NOT_FOUND = "item_not_found"
 ERR_TRUNCATE_INVALID = "item_truncate_invalid_audio_end_ms"
 ERR_INJECTED = "emulator_injected_fault"
+ERR_TRANSCRIPTION_FAILED = "transcription_failed"
 
 CLIENT_EVENT_TYPES = (
     "session.update",
@@ -106,24 +110,41 @@ def session_expired_event(event_id: str, cap_s: float) -> JSON:
     )
 
 
+def warning_event(event_id: str, message: str, code: str | None = None) -> JSON:
+    """The service's `warning` event: informational, the session goes on (reference
+    2026-07-15, "warning"; SDK: ServerEventWarning / ServerEventWarningDetails)."""
+    return {
+        "type": "warning",
+        "event_id": event_id,
+        "warning": {"message": message, "code": code, "param": None},
+    }
+
+
+def transcription_failed_event(event_id: str, item_id: str, message: str) -> JSON:
+    """`conversation.item.input_audio_transcription.failed` (reference 2026-07-15; SDK:
+    ServerEventConversationItemInputAudioTranscriptionFailed, VoiceLiveErrorDetails)."""
+    return {
+        "type": "conversation.item.input_audio_transcription.failed",
+        "event_id": event_id,
+        "item_id": item_id,
+        "content_index": 0,
+        "error": {
+            "type": "server_error",
+            "code": ERR_TRANSCRIPTION_FAILED,
+            "message": message,
+            "param": None,
+        },
+    }
+
+
 # --- session configuration ---------------------------------------------------------------
 
-OPENAI_VOICES = frozenset(
-    {"alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar"}
-)
-AZURE_VOICE_TYPES = frozenset(
-    {"azure-standard", "azure-custom", "azure-personal", "azure-realtime-native"}
-)
-VAD_TYPES = frozenset(
-    {
-        "server_vad",
-        # Semantic VADs are emulated with the same energy detector.
-        "azure_semantic_vad",
-        "azure_semantic_vad_en",
-        "azure_semantic_vad_multilingual",
-    }
-)
-NOISE_REDUCTION_TYPES = frozenset({"azure_deep_noise_suppression", "near_field", "far_field"})
+AZURE_VOICE_TYPES = voicelive.VOICE_TYPES - {"openai"}
+# Semantic VADs are emulated with the same energy detector.
+VAD_TYPES = voicelive.TURN_DETECTION_TYPES
+NOISE_REDUCTION_TYPES = voicelive.NOISE_REDUCTION_TYPES
+#: semantic_vad's `eagerness` (reference, RealtimeOpenAISemanticVAD).
+EAGERNESS = frozenset({"auto", "low", "medium", "high"})
 MODALITIES = frozenset({"text", "audio", "animation", "avatar"})
 KNOWN_INPUT_FORMATS = frozenset({"pcm16", "g711_ulaw", "g711_alaw"})
 KNOWN_OUTPUT_FORMATS = frozenset(
@@ -172,14 +193,25 @@ DEFAULT_TURN_DETECTION: JSON = {
 }
 
 
-def default_session(session_id: str, model: str) -> JSON:
+def default_voice(target: Target) -> JSON:
+    """The voice a connection starts with: the model's own (see voicelive.DEFAULT_VOICE)."""
+    name = voicelive.DEFAULT_VOICE[target.family]
+    if name in OPENAI_VOICES:
+        return {"type": "openai", "name": name}
+    if target.family == "azure-realtime":
+        return {"type": "azure-realtime-native", "name": name}
+    return {"type": "azure-standard", "name": name}
+
+
+def default_session(session_id: str, model: str | None, target: Target | None = None) -> JSON:
     """The configuration a new connection starts with (echoed in `session.created`)."""
+    target = target or Target(model=model, lenient=True)
     return {
         "id": session_id,
         "object": "realtime.session",
         "model": model,
         "modalities": ["text", "audio"],
-        "voice": {"type": "openai", "name": "alloy"},
+        "voice": default_voice(target),
         "instructions": "",
         "input_audio_format": "pcm16",
         "output_audio_format": "pcm16",
@@ -210,11 +242,13 @@ def _require_object(value: object, param: str) -> Mapping[str, Any]:
 
 
 def _normalize_voice(value: object) -> JSON:
+    """A voice as an object (the string form names an OpenAI or Azure standard voice);
+    the combination with the model is the rules' (voice-shape, openai-voice-model, ...)."""
     param = "session.voice"
     if isinstance(value, str):
         if value in OPENAI_VOICES:
             return {"type": "openai", "name": value}
-        if value.endswith("Neural") and value.count("-") >= 2:
+        if voicelive.is_azure_voice_name(value):
             return {"type": "azure-standard", "name": value}
         raise _invalid(param, f"Invalid value: '{value}' is not a known voice name.")
     voice = _require_object(value, param)
@@ -230,6 +264,13 @@ def _normalize_voice(value: object) -> JSON:
             )
     elif kind not in AZURE_VOICE_TYPES:
         raise _invalid(f"{param}.type", f"Invalid value: '{kind}' is not a supported voice type.")
+    # Each voice type takes its own fields (reference 2026-07-15, "Voice Configuration").
+    for field in sorted(set(voice) - voicelive.VOICE_FIELDS[kind]):
+        raise ProtocolError(
+            ERR_UNKNOWN_PARAMETER,
+            f"Unknown parameter for a voice of type '{kind}': '{field}'.",
+            f"{param}.{field}",
+        )
     return dict(voice)
 
 
@@ -245,19 +286,38 @@ def _normalize_turn_detection(value: object) -> JSON | None:
         raise _invalid(
             f"{param}.type", f"Invalid value: '{kind}'. Supported values are: {sorted(VAD_TYPES)}."
         )
-    merged = {**DEFAULT_TURN_DETECTION, **spec}
-    threshold = merged["threshold"]
+    extra = set(spec) - voicelive.TURN_DETECTION_FIELDS[kind]
+    if extra:
+        # Each type takes its own fields (reference 2026-07-15, "Turn Detection").
+        name = sorted(extra)[0]
+        raise ProtocolError(
+            ERR_UNKNOWN_PARAMETER,
+            f"Unknown parameter for turn detection '{kind}': '{name}'.",
+            f"{param}.{name}",
+        )
+    if kind == "semantic_vad":
+        merged = {"type": kind, "create_response": True, "interrupt_response": True, **spec}
+    else:
+        merged = {**DEFAULT_TURN_DETECTION, **spec}
+    threshold = merged.get("threshold", 0.5)
     if not _is_number(threshold) or not 0.0 <= threshold <= 1.0:
         raise _invalid(
             f"{param}.threshold", f"Invalid 'threshold': {threshold!r}; expected 0.0 to 1.0."
         )
-    for key in ("prefix_padding_ms", "silence_duration_ms"):
-        ms = merged[key]
+    for key in ("prefix_padding_ms", "silence_duration_ms", "speech_duration_ms"):
+        ms = merged.get(key, 0)
         if not isinstance(ms, int) or isinstance(ms, bool) or ms < 0:
             raise _invalid(f"{param}.{key}", f"Invalid '{key}': {ms!r}; expected an integer >= 0.")
-    for key in ("create_response", "interrupt_response", "auto_truncate"):
-        if not isinstance(merged[key], bool):
+    for key in ("create_response", "interrupt_response", "auto_truncate", "remove_filler_words"):
+        if not isinstance(merged.get(key, False), bool):
             raise _invalid(f"{param}.{key}", f"Invalid '{key}': expected a boolean.")
+    languages = merged.get("languages", [])
+    if not isinstance(languages, list) or not all(isinstance(x, str) for x in languages):
+        raise _invalid(f"{param}.languages", "Invalid 'languages': expected a list of strings.")
+    if merged.get("eagerness", "auto") not in EAGERNESS:
+        raise _invalid(
+            f"{param}.eagerness", f"Invalid 'eagerness'. Supported values are: {sorted(EAGERNESS)}."
+        )
     return merged
 
 
@@ -285,20 +345,49 @@ def _check_typed(value: object, param: str, types: frozenset[str]) -> JSON | Non
     return dict(spec)
 
 
+_TRANSCRIPTION_FIELDS = frozenset({"model", "language", "custom_speech", "phrase_list", "prompt"})
+
+
 def _check_transcription(value: object, param: str) -> JSON | None:
     if value is None:
         return None
     spec = _require_object(value, param)
     if not isinstance(spec.get("model"), str) or not spec["model"]:
         raise ProtocolError(ERR_MISSING_PARAMETER, "Missing required parameter: 'model'.", param)
+    for key in sorted(set(spec) - _TRANSCRIPTION_FIELDS):
+        raise ProtocolError(ERR_UNKNOWN_PARAMETER, f"Unknown parameter: '{key}'.", f"{param}.{key}")
+    for key in ("language", "prompt"):
+        if key in spec and not isinstance(spec[key], str):
+            raise _invalid(f"{param}.{key}", f"Invalid type for '{key}': expected a string.")
+    phrases = spec.get("phrase_list", [])
+    if not isinstance(phrases, list) or not all(isinstance(p, str) for p in phrases):
+        raise _invalid(f"{param}.phrase_list", "Invalid 'phrase_list': expected a list of strings.")
     return dict(spec)
 
 
-def apply_session_update(current: Mapping[str, Any], update: object) -> JSON:
+def check_rules(session: Mapping[str, Any], target: Target) -> None:
+    """Refuse a session the service documents as invalid for this connection's model or
+    agent (voicebridge.voicelive.RULES, errors of the "session" scope)."""
+    for finding in voicelive.check(session, target, scope="session"):
+        if finding.rule.severity == "error":
+            message = finding.message[:1].upper() + finding.message[1:] + "."
+            raise ProtocolError(ERR_INVALID_VALUE, message, finding.rule.param)
+
+
+def apply_session_update(
+    current: Mapping[str, Any], update: object, target: Target | None = None
+) -> JSON:
     """The session after `update` (a `session.update` event's `session`), all or nothing.
 
-    Raises ProtocolError for the first invalid or unknown field.
+    Raises ProtocolError for the first invalid or unknown field, then for the first rule
+    the merged session breaks on ``target`` (the connection's model or agent).
     """
+    new = _merge_session_update(current, update)
+    check_rules(new, target or Target(model=current.get("model"), lenient=True))
+    return new
+
+
+def _merge_session_update(current: Mapping[str, Any], update: object) -> JSON:
     fields = _require_object(update, "session")
     new = dict(current)
     for key, value in fields.items():
@@ -324,7 +413,18 @@ def apply_session_update(current: Mapping[str, Any], update: object) -> JSON:
         elif key == "input_audio_noise_reduction":
             new[key] = _check_typed(value, param, NOISE_REDUCTION_TYPES)
         elif key == "input_audio_echo_cancellation":
-            new[key] = _check_typed(value, param, frozenset({"server_echo_cancellation"}))
+            spec = _check_typed(value, param, frozenset({"server_echo_cancellation"}))
+            if spec is not None and spec.get("reference_source") == "client":
+                # A client echo reference is stereo input, which the emulator does not take;
+                # an invalid combination of source and channels is the rules' to refuse.
+                rule = voicelive.rule("echo-reference")
+                if rule.check({key: spec}, Target(model=None)) is None:
+                    raise ProtocolError(
+                        ERR_EMULATOR_UNSUPPORTED,
+                        "The emulator handles mono input only (reference_source server).",
+                        f"{param}.reference_source",
+                    )
+            new[key] = spec
         elif key == "input_audio_transcription":
             new[key] = _check_transcription(value, param)
         elif key == "modalities":
@@ -340,7 +440,7 @@ def apply_session_update(current: Mapping[str, Any], update: object) -> JSON:
                 raise _invalid(param, "Invalid type for 'instructions': expected a string.")
             new[key] = value
         elif key == "temperature":
-            if not _is_number(value) or not 0.0 <= value <= 2.0:
+            if not _is_number(value):
                 raise _invalid(param, f"Invalid 'temperature': {value!r}.")
             new[key] = value
         elif key == "max_response_output_tokens":
@@ -365,14 +465,19 @@ class TurnSettings:
 
 
 def turn_settings(session: Mapping[str, Any]) -> TurnSettings | None:
-    """Server VAD settings of a validated session, or None for manual turns."""
+    """Server VAD settings of a validated session, or None for manual turns. Every type is
+    emulated by the energy detector; semantic_vad, which has no levels, with the defaults."""
     spec = session.get("turn_detection")
     if spec is None:
         return None
     return TurnSettings(
-        threshold=float(spec["threshold"]),
-        prefix_padding_ms=spec["prefix_padding_ms"],
-        silence_duration_ms=spec["silence_duration_ms"],
+        threshold=float(spec.get("threshold", DEFAULT_TURN_DETECTION["threshold"])),
+        prefix_padding_ms=spec.get(
+            "prefix_padding_ms", DEFAULT_TURN_DETECTION["prefix_padding_ms"]
+        ),
+        silence_duration_ms=spec.get(
+            "silence_duration_ms", DEFAULT_TURN_DETECTION["silence_duration_ms"]
+        ),
         create_response=spec["create_response"],
         interrupt_response=spec["interrupt_response"],
     )

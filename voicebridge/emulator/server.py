@@ -1,9 +1,11 @@
 """The emulator's transport: an aiohttp app serving `/voice-live/realtime` like Azure does.
 
-The handshake is checked the way the service checks it (query parameters `api-version` and
-`model`, then the `api-key` header or `Authorization: Bearer <key>`), then each socket gets
-an `EmulatorSession` (session.py) fed frame by frame. Fault injection that concerns the
-connection itself (refusal, abrupt drops) lives here.
+The handshake is checked the way the service checks it: query parameters (`api-version`,
+one of the real ones; `model`, or a Foundry agent's `agent-name` and `agent-project-name`
+with an optional `agent-version`), then the credentials (the `api-key` header, or
+`Authorization: Bearer` with the key or a configured Entra token; an agent takes a token
+only). Then each socket gets an `EmulatorSession` (session.py) fed frame by frame. Fault
+injection that concerns the connection itself (refusal, abrupt drops) lives here.
 
 `start_emulator` runs the app on a free port for tests and embedding; `run_emulator` is the
 blocking entry point of `python -m voicebridge emulator`.
@@ -27,6 +29,7 @@ import orjson
 import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from voicebridge import voicelive
 from voicebridge.emulator import protocol as p
 from voicebridge.emulator.options import EmulatorOptions
 from voicebridge.emulator.session import EmulatorSession
@@ -37,6 +40,9 @@ ROUTE = "/voice-live/realtime"
 #: How long a server-side close waits for the client's close frame before dropping it.
 CLOSE_TIMEOUT_S = 1.0
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+#: `expires_at` when no session_cap_s is set: the service's cap of about 30 minutes
+#: (reference 2026-07-15, RealtimeResponseSession.expires_at); advertised, not enforced.
+ADVERTISED_CAP_S = 30 * 60
 
 
 @attrs.define(eq=False)
@@ -63,7 +69,11 @@ class EmulatorState:
     freezers: set[Callable[[], None]] = attrs.field(factory=set)
     #: The most recent connection's session: what tests read its conversation from.
     last_session: EmulatorSession | None = None
+    #: The credentials and query of the most recent accepted handshake (no secrets).
+    last_handshake: dict[str, Any] | None = None
     changed: asyncio.Condition = attrs.field(factory=asyncio.Condition)
+    #: Who waits for the next server event of a type (`RunningEmulator.wait_event`).
+    event_waiters: dict[str, list[asyncio.Future[None]]] = attrs.field(factory=dict)
 
     async def _notify(self) -> None:
         async with self.changed:
@@ -78,16 +88,52 @@ def _error_response(status: int, code: str, message: str) -> web.Response:
     return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
 
 
-def _authorized(request: web.Request, api_key: str) -> bool:
+def _same(presented: str, expected: str) -> bool:
+    # Constant time, so a secret cannot be guessed a byte at a time from response timings.
+    return hmac.compare_digest(presented.encode(), expected.encode())
+
+
+def _sign_in(request: web.Request, options: EmulatorOptions) -> str | None:
+    """How the handshake signed in: "key" (the api-key header), "entra" (a bearer token:
+    the key itself, or one of `bearer_tokens`), or None when it did not."""
     presented = request.headers.get("api-key")
-    if presented is None:
-        auth = request.headers.get("Authorization", "")
-        scheme, _, token = auth.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            return False
-        presented = token.strip()
-    # Constant time, so the key cannot be guessed a byte at a time from response timings.
-    return hmac.compare_digest(presented.encode(), api_key.encode())
+    if presented is not None:
+        return "key" if _same(presented, options.api_key) else None
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        return None
+    accepted = (options.api_key, *options.bearer_tokens)
+    # Every candidate is compared, so timing does not tell which one matched.
+    matches = [_same(token, candidate) for candidate in accepted]
+    return "entra" if any(matches) else None
+
+
+def _handshake_target(request: web.Request) -> tuple[voicelive.Target, str | None]:
+    """The connection the query names, and why it is refused (HTTP 400), if it is."""
+    query = request.query
+    agent = query.get("agent-name", "")
+    target = voicelive.Target(
+        model=query.get("model") or None,
+        agent=bool(agent),
+        api_version=query.get("api-version"),
+        lenient=True,
+    )
+    if not target.api_version:
+        return target, "Missing query parameter(s): api-version."
+    if target.api_version not in voicelive.API_VERSIONS:
+        # The service answers an unknown version with 400 (reference: one page per version).
+        return target, (
+            f"Unsupported api-version '{target.api_version}'. Supported versions are: "
+            + ", ".join(sorted(voicelive.API_VERSIONS))
+            + "."
+        )
+    if agent and not query.get("agent-project-name"):
+        # The SDK refuses this before connecting (aio/_patch.py, _build_foundry_agent_config).
+        return target, "Missing query parameter(s): agent-project-name (required with agent-name)."
+    if not target.agent and not target.model:
+        return target, "Missing query parameter(s): model (or agent-name and agent-project-name)."
+    return target, None
 
 
 async def _realtime(request: web.Request) -> web.StreamResponse:
@@ -104,19 +150,23 @@ async def _realtime(request: web.Request) -> web.StreamResponse:
         if status == 429:
             return _error_response(429, "TooManyRequests", "Rate limit exceeded; retry later.")
         return _error_response(status, "ServiceUnavailable", "The service is unavailable.")
-    missing = [name for name in ("api-version", "model") if not request.query.get(name)]
-    if missing:
-        log.info("emulator.rejected", reason="bad_query", missing=missing, peer=peer)
-        return _error_response(
-            400, "BadRequest", "Missing query parameter(s): " + ", ".join(missing) + "."
-        )
-    if not _authorized(request, options.api_key):
+    target, bad_query = _handshake_target(request)
+    if bad_query is not None:
+        log.info("emulator.rejected", reason="bad_query", detail=bad_query, peer=peer)
+        return _error_response(400, "BadRequest", bad_query)
+    auth = _sign_in(request, options)
+    if auth is None:
         log.info("emulator.rejected", reason="unauthorized", peer=peer)
         return _error_response(
             401,
             "401",
             "Access denied due to invalid subscription key or wrong API endpoint.",
         )
+    target = attrs.evolve(target, auth=auth)
+    for finding in voicelive.check({}, target, scope="connection"):
+        if finding.rule.severity == "error":  # an agent reached with an API key
+            log.info("emulator.rejected", reason=finding.rule.id, peer=peer)
+            return _error_response(401, "401", finding.message[:1].upper() + finding.message[1:])
 
     ws = web.WebSocketResponse(
         compress=False,
@@ -154,20 +204,40 @@ async def _realtime(request: web.Request) -> web.StreamResponse:
         state.event_counts[kind] += 1
         if kind != "response.audio.delta":
             state.last_events[kind] = event
+        waiters = state.event_waiters.pop(kind, None)
+        if waiters:
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
         if close_after_events is not None and sent >= close_after_events:
             drop("close_after_events")
 
+    query = request.query
     session = EmulatorSession(
-        send_event=send, get_options=lambda: state.options, model=request.query["model"]
+        send_event=send,
+        get_options=lambda: state.options,
+        model=target.model,
+        target=target,
+        agent={
+            "name": query.get("agent-name", ""),
+            "project": query.get("agent-project-name", ""),
+            "version": query.get("agent-version", ""),
+        },
     )
     bound = log.bind(session_id=session.config["id"])
     bound.info(
         "emulator.connected",
         model=session.model,
-        api_version=request.query["api-version"],
+        agent=query.get("agent-name") or None,
+        api_version=target.api_version,
+        auth=auth,
         peer=peer,
     )
     state.last_session = session
+    state.last_handshake = {
+        "auth": auth,
+        "query": {k: v for k, v in query.items() if k not in ("api-key", "Authorization")},
+    }
     state.droppers.add(drop)
 
     def freeze() -> None:
@@ -183,9 +253,13 @@ async def _realtime(request: web.Request) -> web.StreamResponse:
     if options.close_after_s is not None:
         timer = asyncio.get_running_loop().call_later(options.close_after_s, drop, "close_after_s")
     expiry: asyncio.Task[None] | None = None
+    if (target.api_version or "") >= voicelive.EXPIRES_AT_SINCE:
+        # Since 2026-07-15 the session says when it ends (reference, "What's new").
+        advertised = options.session_cap_s or ADVERTISED_CAP_S
+        session.config["expires_at"] = int(time.time() + advertised)
     if options.session_cap_s is not None:
         cap = options.session_cap_s
-        session.config["expires_at"] = int(time.time() + cap)
+        session.config.setdefault("expires_at", int(time.time() + cap))
 
         async def expire() -> None:
             # As the service does at its cap: say why, then close with 1001.
@@ -283,6 +357,21 @@ class RunningEmulator:
     def last_event(self, kind: str) -> dict[str, Any] | None:
         """The last server event of this type sent on any connection (audio deltas aside)."""
         return self._state.last_events.get(kind)
+
+    def last_handshake(self) -> dict[str, Any] | None:
+        """How the most recent accepted handshake signed in (``auth``: key or entra) and
+        its query parameters (for tests; no credentials)."""
+        return self._state.last_handshake
+
+    async def wait_event(self, kind: str, count: int = 1) -> dict[str, Any] | None:
+        """Wait until ``count`` events of this type have been sent in all (wrap in
+        ``asyncio.timeout``); the last one (None for audio deltas, which are not kept)."""
+        state = self._state
+        while state.event_counts[kind] < count:
+            waiter = asyncio.get_running_loop().create_future()
+            state.event_waiters.setdefault(kind, []).append(waiter)
+            await waiter
+        return state.last_events.get(kind)
 
     def drop_connections(self, count: int | None = None) -> int:
         """Abort live connections (TCP abort, no close frame), as a network failure does:

@@ -6,12 +6,16 @@ authentication, fault injection and closing. What it does:
 
 * `session.update` -> validated, merged, echoed in `session.updated`;
 * `input_audio_buffer.append` -> energy VAD (vad.py) -> speech_started / speech_stopped ->
-  committed -> conversation.item.created -> (transcription) -> an automatic response;
+  committed -> conversation.item.created -> an automatic response, with the input
+  transcription (`.delta` events, then `.completed` or, injected, `.failed`) before
+  `response.created` or, as the service may send it, after;
 * responses "answer" by echoing the user's utterance back as the agent's voice (or, for a
   typed message, tone bursts as long as the answer text; with nothing to answer, a chime),
   streamed by a player task in `chunk_ms` deltas, in real time unless told otherwise;
 * response.cancel, barge-in (speech while a response plays), item create / retrieve /
-  truncate / delete, buffer commit / clear, and the service's `error` event for bad input.
+  truncate / delete, buffer commit / clear, and the service's `error` event for bad input;
+* on demand: responses that end `failed` or `incomplete`, and a `warning` after each
+  session.updated.
 
 Memory is bounded: only the current utterance's audio is kept (at most `max_utterance_s`),
 conversation items are kept as metadata without audio (the newest `MAX_ITEMS`).
@@ -46,6 +50,7 @@ from voicebridge.emulator.audio import (
 )
 from voicebridge.emulator.options import EmulatorOptions
 from voicebridge.emulator.vad import FRAME_MS, MIN_SPEECH_MS, EnergyVad, SpeechStarted
+from voicebridge.voicelive import Target
 
 log = structlog.get_logger(__name__)
 
@@ -116,8 +121,12 @@ class EmulatorSession:
 
     send_event: SendFn
     get_options: OptionsFn
-    model: str
+    model: str | None
     ids: p.Ids = attrs.field(factory=p.Ids)
+    #: The connection: its model or agent, api-version and sign-in (what the rules check).
+    target: Target | None = None
+    #: A Foundry agent's name, project and version (agent mode), as the handshake gave them.
+    agent: Mapping[str, str] | None = None
 
     config: JSON = attrs.field(init=False)
     _turn: p.TurnSettings | None = attrs.field(init=False)
@@ -137,12 +146,28 @@ class EmulatorSession:
     _queued: collections.deque[ResponsePlan] = attrs.field(init=False, factory=collections.deque)
     _mirror_ids: tuple[str, str] | None = attrs.field(init=False, default=None)
     _closed: bool = attrs.field(init=False, default=False)
+    # Transcription events held until the next response.created (transcription_after_response).
+    _held_transcripts: list[JSON] = attrs.field(init=False, factory=list)
     # Counters for the disconnect log line.
     events_in: int = attrs.field(init=False, default=0)
     responses: int = attrs.field(init=False, default=0)
 
     def __attrs_post_init__(self) -> None:
-        self.config = p.default_session(self.ids.new("sess"), self.model)
+        if self.target is None:
+            self.target = Target(model=self.model, lenient=True)
+        self.config = p.default_session(self.ids.new("sess"), self.model, self.target)
+        if self.agent and self.agent.get("name"):
+            # ResponseSession.agent (SDK AgentConfig): the agent the session talks to.
+            name = self.agent["name"]
+            version = self.agent.get("version") or "latest"
+            self.config["agent"] = {
+                "type": "agent",
+                "name": name,
+                "description": f"Foundry agent '{name}' ({version}) of project "
+                f"'{self.agent.get('project', '')}', emulated",
+                "agent_id": f"{name}:{version}",
+                "thread_id": self.ids.new("thread"),
+            }
         self._turn = p.turn_settings(self.config)
         self._vad = self._new_vad()
 
@@ -228,7 +253,7 @@ class EmulatorSession:
     # --- session ---------------------------------------------------------------------------
 
     async def _on_session_update(self, event: JSON) -> None:
-        new = p.apply_session_update(self.config, event.get("session"))
+        new = p.apply_session_update(self.config, event.get("session"), self.target)
         self.config = new
         turn = p.turn_settings(new)
         if turn != self._turn:
@@ -237,6 +262,9 @@ class EmulatorSession:
             self._speech_item_id = None
             self._clear_buffer()
         await self._send({"type": "session.updated", "session": new})
+        warning = self.get_options().session_warning
+        if warning is not None:
+            await self.send_event(p.warning_event(self.ids.new("event"), warning, "emulator"))
 
     # --- input audio -----------------------------------------------------------------------
 
@@ -402,21 +430,52 @@ class EmulatorSession:
         await self._send(
             {"type": "conversation.item.created", "previous_item_id": previous, "item": item}
         )
-        if self.config.get("input_audio_transcription") is not None:
-            # No recogniser runs offline: the transcript says what was heard, honestly.
-            transcript = f"[emulator heard {len(audio) / BYTES_PER_MS / 1000:.2f} s of audio]"
-            await self._send(
-                {
-                    "type": "conversation.item.input_audio_transcription.completed",
-                    "item_id": item_id,
-                    "content_index": 0,
-                    "transcript": transcript,
-                }
-            )
         self._pending = Answer(audio=audio)
         log.debug("emulator.turn", item_id=item_id, audio_ms=bytes_to_ms(len(audio)))
+        if self.config.get("input_audio_transcription") is not None:
+            events = self._transcription_events(item_id, audio)
+            if auto_response and self.get_options().transcription_after_response:
+                self._held_transcripts.extend(events)  # sent after response.created
+            else:
+                await self._send_all(events)
         if auto_response:
             await self._request_response(tuple(self.config["modalities"]), automatic=True)
+
+    def _transcription_events(self, item_id: str, audio: bytes) -> list[JSON]:
+        """The input transcription of a committed turn: word deltas, then completed (or,
+        injected, failed). No recogniser runs offline: the transcript says what was heard."""
+        if self.get_options().fail_transcription:
+            return [
+                p.transcription_failed_event(
+                    self.ids.new("event"),
+                    item_id,
+                    "Input transcription failed (injected by the emulator).",
+                )
+            ]
+        transcript = f"[emulator heard {len(audio) / BYTES_PER_MS / 1000:.2f} s of audio]"
+        record = self._items.get(item_id)
+        if record is not None:
+            record.item["content"] = [{"type": "input_audio", "transcript": transcript}]
+        ids = {"item_id": item_id, "content_index": 0}
+        events: list[JSON] = [
+            {"type": "conversation.item.input_audio_transcription.delta", **ids, "delta": word}
+            for word in _WORDS.findall(transcript)
+        ]
+        events.append(
+            {
+                "type": "conversation.item.input_audio_transcription.completed",
+                **ids,
+                "transcript": transcript,
+            }
+        )
+        return events
+
+    async def _send_all(self, events: list[JSON]) -> None:
+        for event in events:
+            if "event_id" in event:
+                await self.send_event(event)
+            else:
+                await self._send(event)
 
     # --- conversation items ----------------------------------------------------------------
 
@@ -650,6 +709,9 @@ class EmulatorSession:
                 "response": p.response_object(response_id, "in_progress", self.config, modalities),
             }
         )
+        if self._held_transcripts:
+            held, self._held_transcripts = self._held_transcripts, []
+            await self._send_all(held)
         await self._send(
             {
                 "type": "response.output_item.added",
@@ -690,13 +752,21 @@ class EmulatorSession:
             await self._send({"type": kind, **self._ids(active), "delta": word})
 
     async def _play(self, active: ActiveResponse) -> None:
-        """Stream the response's audio and transcript, then finish it (the player task)."""
+        """Stream the response's audio and transcript, then finish it (the player task).
+
+        With ``response_outcome`` failed nothing is streamed; with incomplete, half."""
         options = self.get_options()
+        outcome = options.response_outcome
         plan = active.plan
         audio = plan.audio
+        words = len(active.words)
+        if outcome == "failed":
+            audio, words = b"", 0
+        elif outcome == "incomplete":
+            audio = audio[: ms_to_bytes(bytes_to_ms(len(audio)) // 2)]
+            words //= 2
         chunk_bytes = ms_to_bytes(options.chunk_ms)
         count = math.ceil(len(audio) / chunk_bytes)
-        words = len(active.words)
         if count:
             if options.first_audio_delay_s:
                 await asyncio.sleep(options.first_audio_delay_s)
@@ -730,8 +800,22 @@ class EmulatorSession:
                         None,
                     )
         await self._send_words(active, words)
+        details: JSON | None = None
+        if outcome == "failed":
+            # ResponseFailedDetails (SDK): the error that ended the response.
+            details = {
+                "type": "failed",
+                "error": {
+                    "type": "server_error",
+                    "code": p.ERR_INJECTED,
+                    "message": "The response failed (injected by the emulator).",
+                },
+            }
+        elif outcome == "incomplete":
+            # ResponseIncompleteDetails (SDK): content_filter or max_output_tokens.
+            details = {"type": "incomplete", "reason": options.incomplete_reason}
         async with self._lock:
-            await self._finish(active, "completed", None)
+            await self._finish(active, outcome, details)
 
     async def _cancel_active(self, reason: str) -> None:
         active = self._active
@@ -739,14 +823,14 @@ class EmulatorSession:
             return
         if active.task is not None:
             await _cancel_and_wait(active.task)
-        await self._finish(active, "cancelled", reason)
+        await self._finish(active, "cancelled", {"type": "cancelled", "reason": reason})
 
-    async def _finish(self, active: ActiveResponse, status: str, reason: str | None) -> None:
+    async def _finish(self, active: ActiveResponse, status: str, details: JSON | None) -> None:
         """Close the response's item, part and the response itself; start the next queued one."""
         if self._active is active:
             self._active = None
         plan = active.plan
-        transcript = active.transcript_sent if status == "cancelled" else plan.transcript
+        transcript = active.transcript_sent if status != "completed" else plan.transcript
         ids = self._ids(active)
         part = _part(plan, transcript)
         item_status = "completed" if status == "completed" else "incomplete"
@@ -768,7 +852,6 @@ class EmulatorSession:
                 "item": item,
             }
         )
-        details = None if reason is None else {"type": "cancelled", "reason": reason}
         out_ms = bytes_to_ms(active.audio_bytes_sent)
         await self._send(
             {

@@ -268,7 +268,12 @@ class Session(ContinuityMixin):
     async def _connect(self) -> None:
         """Open and configure the upstream; an end request stops the wait."""
         try:
-            instructions = await asyncio.to_thread(self.settings.read_instructions)
+            # An agent brings its own instructions; the file is not sent (nor read).
+            instructions = (
+                ""
+                if self.settings.agent_mode
+                else await asyncio.to_thread(self.settings.read_instructions)
+            )
         except (OSError, UnicodeDecodeError) as exc:
             log.error("session.instructions_unreadable", error=str(exc))
             self._stop(

@@ -87,6 +87,10 @@ class EntraTokens:
             self._token = await self.credential.get_token(self.scope)
             return self._token.token
 
+    def forget(self) -> None:
+        """Drop the cached token (the service refused it): the next connect fetches anew."""
+        self._token = None
+
     async def close(self) -> None:
         await self.credential.close()
 
@@ -184,6 +188,9 @@ async def open_connection(
         if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
             raise UpstreamClosed(f"Voice Live did not answer within {timeout_s:g} s") from None
         if isinstance(exc, aiohttp.ClientError | OSError):
+            refused = isinstance(exc, aiohttp.WSServerHandshakeError) and exc.status in (401, 403)
+            if refused and config.credential is not None:
+                config.credential.forget()
             detail = describe(exc, auth=config.auth)
             raise UpstreamClosed(f"could not connect to Voice Live: {detail}") from None
         raise
