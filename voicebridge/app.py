@@ -17,6 +17,7 @@ DNS rebinding.
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import secrets
 import signal
@@ -366,6 +367,16 @@ def _log_settings_warnings(settings: Settings) -> None:
         log.warning("app.settings_warning", note=warning)
 
 
+class PortInUse(Exception):
+    """Another program listens on the configured address and port."""
+
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__(
+            f"port {port} on {host or 'all addresses'} is already in use; stop the other "
+            f"server or choose another port, for example: make run APP_PORT={port + 1}"
+        )
+
+
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM/SIGINT, then drain: 503 on /health, sessions finish, exit."""
     _log_settings_warnings(settings)
@@ -384,9 +395,15 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     # Not a web.TCPSite: a site listens with the runner's protocol factory as is, and the
     # cap needs a say in each accepted connection.
-    listener = await loop.create_server(
-        guard, settings.app_host or None, settings.app_port, backlog=128
-    )
+    try:
+        listener = await loop.create_server(
+            guard, settings.app_host or None, settings.app_port, backlog=128
+        )
+    except OSError as exc:
+        await runner.cleanup()  # the emulator and registry started with the app
+        if exc.errno == errno.EADDRINUSE:
+            raise PortInUse(settings.app_host, settings.app_port) from None
+        raise
     shown_host = "localhost" if settings.app_host in {"0.0.0.0", "::", ""} else settings.app_host
     log.info(
         "app.listening",

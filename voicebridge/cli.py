@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import structlog
+from dotenv import dotenv_values
 
 from voicebridge import __version__
-from voicebridge.config import ConfigError, load_settings
+from voicebridge.config import ConfigError, load_settings, unknown_settings
 from voicebridge.logs import configure_logging, stop_logging
 
 EXIT_CONFIG = 2
@@ -81,10 +84,17 @@ def _serve(env_file: str) -> int:
     configure_logging(settings.log_level, settings.log_format)
     log = structlog.get_logger("voicebridge")
     log.info("app.settings", version=__version__, **settings.redacted())
-    from voicebridge.app import serve
+    file_keys = list(dotenv_values(env_file)) if Path(env_file).is_file() else []
+    for warning in unknown_settings(file_keys, os.environ):
+        log.warning("app.unknown_setting", note=warning)
+    from voicebridge.app import PortInUse, serve
 
     try:
         asyncio.run(serve(settings))
+    except PortInUse as exc:
+        stop_logging()
+        print(f"voicebridge: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     finally:
         stop_logging()  # the last lines (app.stopped) are written before the process exits
     return 0

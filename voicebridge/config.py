@@ -7,10 +7,12 @@ raised together as one :class:`ConfigError`, so a user fixes a bad ``.env`` in o
 
 from __future__ import annotations
 
+import contextlib
+import difflib
 import importlib.util
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -343,8 +345,10 @@ class _Loader:
     def __init__(self, environ: Mapping[str, str]) -> None:
         self.env = environ
         self.problems: list[str] = []
+        self.read: set[str] = set()  # every setting name looked at: the known names
 
     def get(self, name: str, parse: Callable[[str], T], default: T) -> T:
+        self.read.add(name)
         raw = self.env.get(name)
         if raw is None or raw.strip() == "":
             return default
@@ -359,6 +363,7 @@ class _Loader:
             self.problems.append(message)
 
     def given(self, name: str) -> bool:
+        self.read.add(name)
         return bool(self.env.get(name, "").strip())
 
     def aliased(self, name: str) -> str:
@@ -635,6 +640,52 @@ _ALIASES = {
     "AZURE_OPENAI_KEY": "AZURE_VOICELIVE_API_KEY",
     "AZURE_OPENAI_DEPLOYMENT": "AZURE_VOICELIVE_MODEL",
 }
+
+
+#: Settings read by other parts than :class:`Settings` (so they are not "unknown").
+OTHER_SETTINGS: set[str] = set()
+
+
+def known_settings() -> frozenset[str]:
+    """Every setting name voicebridge reads."""
+    loader = _Loader({})
+    with contextlib.suppress(ConfigError):
+        loader.load()
+    return frozenset(loader.read | OTHER_SETTINGS)
+
+
+def unknown_settings(env_file_keys: Iterable[str], environ: Mapping[str, str]) -> list[str]:
+    """Warnings for names that look like settings but are none: every key of the ``.env``
+    file, and environment variables that share a known setting's first word (AZURE_,
+    VAD_, LOG_, ...). Each names the closest known setting when there is one."""
+    known = known_settings()
+    candidates = set(env_file_keys) | {
+        name
+        for name in environ
+        if name.startswith(_OWN_PREFIXES)
+        or difflib.get_close_matches(name, known, n=1, cutoff=0.85)
+    }
+    warnings = []
+    for name in sorted(candidates - known):
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        warnings.append(f"{name} is not a voicebridge setting and is ignored{hint}")
+    return warnings
+
+
+# Environment variables with these prefixes are taken to be meant for voicebridge; other
+# names are checked only when they are one typo away from a setting (so SESSION_MANAGER
+# or APPDATA in a desktop environment are left alone).
+_OWN_PREFIXES = (
+    "AZURE_",
+    "VOICELIVE_",
+    "VAD_",
+    "UPSTREAM_",
+    "TRANSCRIPTION_",
+    "CALL_",
+    "TOOLS_",
+    "TLS_",
+)
 
 
 def load_settings(
