@@ -24,6 +24,7 @@ def make_settings(**overrides: str) -> Settings:
         "AGENT_INSTRUCTIONS_FILE": str(ROOT / "agent_instructions.md"),
         "STATIC_DIR": str(ROOT / "static"),
         "APP_HOST": "127.0.0.1",
+        "CALL_STORE": "off",  # tests that keep records say where
     }
     env.update(overrides)
     return Settings.from_environ(env)
@@ -31,7 +32,17 @@ def make_settings(**overrides: str) -> Settings:
 
 def clean_environ(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The process environment without any voicebridge or Azure settings, for subprocesses."""
-    drop = ("AZURE_", "VOICELIVE_", "VAD_", "APP_", "SESSION_", "CLIENT_TOKEN", "ADMIN_TOKEN")
+    drop = (
+        "AZURE_",
+        "VOICELIVE_",
+        "VAD_",
+        "APP_",
+        "SESSION_",
+        "CLIENT_TOKEN",
+        "ADMIN_TOKEN",
+        "CALL_",
+        "TOOLS_",
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
     env.update(extra or {})
     return env

@@ -31,6 +31,8 @@ class ServerProcess:
                 "LOG_FORMAT": "json",
                 "AGENT_INSTRUCTIONS_FILE": str(ROOT / "agent_instructions.md"),
                 "STATIC_DIR": str(ROOT / "static"),
+                "CALL_STORE": str(log_dir / f"calls-{self.port}.sqlite3"),
+                "CALL_SPOOL_FILE": str(log_dir / f"calls-{self.port}.spool.jsonl"),
                 **env,
             }
         )

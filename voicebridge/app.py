@@ -33,6 +33,7 @@ from azure.core.credentials_async import AsyncTokenCredential
 
 from voicebridge import access, errors, ops, ws_voice
 from voicebridge.access import LOOPBACK_HOSTS
+from voicebridge.calls import CallLog, add_call_routes
 from voicebridge.config import WILDCARD_HOSTS, Settings, mask_url
 from voicebridge.http_guard import SECURITY_HEADERS, ConnectionGuard, HttpErrorLog
 from voicebridge.metrics import Metrics
@@ -81,6 +82,8 @@ def create_app(
     app[STATE] = AppState(settings=settings, metrics=Metrics(), registry=registry)
     app.cleanup_ctx.append(functools.partial(_upstream_ctx, credential=credential))
     app.cleanup_ctx.append(_registry_ctx)
+    # Exits run in reverse and after the drain: every record is handed over before the flush.
+    app.cleanup_ctx.append(_calls_ctx)
     app.on_shutdown.append(_drain_sessions)
     app.router.add_get("/health", ops.health)
     app.router.add_get("/config", ops.client_config)
@@ -91,6 +94,7 @@ def create_app(
     app.router.add_delete("/sessions/{session_id}", ops.delete_session)
     app.router.add_get("/metrics", ops.metrics)
     app.router.add_get("/docs", ops.docs)
+    add_call_routes(app, lambda: app[STATE].calls, ops.is_admin)
     static_dir = Path(settings.static_dir)
     if static_dir.is_dir():
         app.router.add_static("/static/", static_dir, name="static")
@@ -100,6 +104,23 @@ def create_app(
 
 
 # -- lifecycles -----------------------------------------------------------------------
+
+
+async def _calls_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Call records (CALL_STORE): the store, its writer and spool, the retention purge."""
+    state = app[STATE]
+    s = state.settings.calls
+    if not s.enabled:
+        yield
+        return
+    calls = CallLog(s, instance=state.registry.instance_id, registry=state.metrics.registry)
+    await calls.start()
+    state.calls = calls
+    try:
+        yield
+    finally:
+        await calls.close(timeout=max(2.0, 2 * s.write_timeout_s))
+        state.calls = None
 
 
 async def _upstream_ctx(

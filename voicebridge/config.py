@@ -14,7 +14,7 @@ import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import attrs
@@ -22,6 +22,9 @@ from dotenv import dotenv_values
 
 from voicebridge import voicelive
 from voicebridge.voicelive import OPENAI_VOICES
+
+if TYPE_CHECKING:
+    from voicebridge.calls.settings import CallSettings
 
 T = TypeVar("T")
 
@@ -36,6 +39,8 @@ AUTH_MODES = ("key", "entra")
 OFF = "off"
 MASK = "***"
 CALLER_NOTICE_MAX_CHARS = 500
+#: Calls of one response run at once, at most (TOOLS_MAX_CONCURRENT).
+MAX_TOOLS_CONCURRENT = 64
 
 
 class ConfigError(Exception):
@@ -119,6 +124,12 @@ class Settings:
     agent_instructions_file: Path = Path("agent_instructions.md")
     enable_proactive_greeting: bool = False
     caller_notice: str = ""
+    # Server-side tools (voicebridge.tools): the TOML file that defines them (None: no
+    # tools); whether the client's `tool` messages carry arguments and outputs; how many
+    # calls of one response run at once.
+    tools_file: Path | None = None
+    tools_show_arguments: bool = False
+    tools_max_concurrent: int = 4
 
     # Server
     app_host: str = "0.0.0.0"
@@ -151,6 +162,8 @@ class Settings:
     # Access
     client_token: str = attrs.field(default="", repr=False)
     admin_token: str = attrs.field(default="", repr=False)
+    # Call records (CALL_*), parsed by voicebridge.calls.settings.
+    calls: CallSettings = attrs.field(factory=lambda: _call_settings_default())  # noqa: PLW0108 (defined below the class)
     allowed_origins: tuple[str, ...] = ()
     allowed_hosts: tuple[str, ...] = ()
 
@@ -215,6 +228,8 @@ class Settings:
                 value = str(value)
             elif isinstance(value, tuple):
                 value = list(value)
+            elif field.name == "calls":
+                value = value.redacted()
             out[field.name] = value
         return out
 
@@ -434,6 +449,9 @@ class _Loader:
                 "ENABLE_PROACTIVE_GREETING", _parse_bool, d.enable_proactive_greeting
             ),
             "caller_notice": g("CALLER_NOTICE", str, d.caller_notice),
+            "tools_file": g("TOOLS_FILE", Path, d.tools_file),
+            "tools_show_arguments": g("TOOLS_SHOW_ARGUMENTS", _parse_bool, d.tools_show_arguments),
+            "tools_max_concurrent": g("TOOLS_MAX_CONCURRENT", _parse_int, d.tools_max_concurrent),
             "upstream_reconnect_s": g("UPSTREAM_RECONNECT_S", _parse_float, d.upstream_reconnect_s),
             "upstream_rotate_s": g("UPSTREAM_ROTATE_S", _parse_float, d.upstream_rotate_s),
             "upstream_heartbeat_s": g("UPSTREAM_HEARTBEAT_S", _parse_float, d.upstream_heartbeat_s),
@@ -486,6 +504,13 @@ class _Loader:
         }
         self.apply_model_defaults(values)
         self.validate(values)
+        # Imported here: voicebridge.calls.settings imports this module.
+        from voicebridge.calls.settings import VARIABLES
+        from voicebridge.calls.settings import parse as parse_calls
+
+        values["calls"], call_problems = parse_calls(self.env)
+        self.problems.extend(call_problems)
+        self.read.update(VARIABLES)
         settings = Settings(**values)
         self.problems.extend(settings.voicelive_findings()[0])
         if self.problems:
@@ -551,6 +576,18 @@ class _Loader:
         except (OSError, UnicodeDecodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             self.problems.append(f"AGENT_INSTRUCTIONS_FILE: cannot read {instructions}: {reason}")
+        tools_file: Path | None = v["tools_file"]
+        if tools_file is not None:
+            # What the file defines is checked by voicebridge.tools.load_toolbox; here only
+            # that there is a file to read.
+            try:
+                tools_file.read_bytes()
+            except OSError as exc:
+                self.problems.append(f"TOOLS_FILE: cannot read {tools_file}: {exc.strerror or exc}")
+        c(
+            1 <= v["tools_max_concurrent"] <= MAX_TOOLS_CONCURRENT,
+            f"TOOLS_MAX_CONCURRENT: must be 1..{MAX_TOOLS_CONCURRENT}",
+        )
         registry = v["session_registry"]
         c(
             registry == "memory" or registry.startswith(("redis://", "rediss://")),
@@ -640,6 +677,12 @@ _ALIASES = {
     "AZURE_OPENAI_KEY": "AZURE_VOICELIVE_API_KEY",
     "AZURE_OPENAI_DEPLOYMENT": "AZURE_VOICELIVE_MODEL",
 }
+
+
+def _call_settings_default() -> CallSettings:
+    from voicebridge.calls.settings import CallSettings
+
+    return CallSettings()
 
 
 #: Settings read by other parts than :class:`Settings` (so they are not "unknown").

@@ -45,6 +45,9 @@ ERR_UPSTREAM_CONFIG_REJECTED: Final = "upstream_config_rejected"
 ERR_RESPONSE_FAILED: Final = "response_failed"
 ERR_RESPONSE_INCOMPLETE: Final = "response_incomplete"
 ERR_TRANSCRIPTION_FAILED: Final = "transcription_failed"
+ERR_AGENT_ENDED: Final = "agent_ended"
+ERR_CALLS_UNAVAILABLE: Final = "calls_unavailable"
+ERR_BAD_QUERY: Final = "bad_query"
 ERR_HOST_NOT_ALLOWED: Final = "host_not_allowed"
 
 
@@ -76,6 +79,10 @@ CODES: Final[dict[str, CodeInfo]] = {
     ERR_UNAUTHORIZED: CodeInfo(CLOSE_POLICY, False, "a valid client token is required"),
     ERR_FORBIDDEN_ORIGIN: CodeInfo(CLOSE_POLICY, False, "the page's origin is not allowed"),
     ERR_NOT_FOUND: CodeInfo(None, False, "an admin route named no live session (HTTP 404)"),
+    ERR_CALLS_UNAVAILABLE: CodeInfo(
+        None, True, "call records are off or the store cannot be reached (HTTP 503)"
+    ),
+    ERR_BAD_QUERY: CodeInfo(None, False, "a bad filter on GET /calls (HTTP 400)"),
     ERR_HOST_NOT_ALLOWED: CodeInfo(
         None, False, "the request's Host is not in ALLOWED_HOSTS (HTTP 421)"
     ),
@@ -102,6 +109,7 @@ CODES: Final[dict[str, CodeInfo]] = {
     ERR_SESSION_LIMIT: CodeInfo(CLOSE_NORMAL, False, "the session reached its time limit"),
     ERR_IDLE: CodeInfo(CLOSE_NORMAL, False, "nothing was received for too long"),
     ERR_ENDED_BY_ADMIN: CodeInfo(CLOSE_NORMAL, False, "an operator ended the session"),
+    ERR_AGENT_ENDED: CodeInfo(CLOSE_NORMAL, False, "the agent ended the call (end_call tool)"),
 }
 
 

@@ -70,6 +70,8 @@ class Metrics:
     upstream_connect: Histogram = attrs.field(init=False)
     send_overflows: Counter = attrs.field(init=False)
     upstream_reconnects: Counter = attrs.field(init=False)
+    tool_calls: Counter = attrs.field(init=False)
+    tool_duration: Histogram = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         # No `*_created` series: they double every counter and nobody graphs them. The
@@ -115,6 +117,19 @@ class Metrics:
             "Voice Live connections replaced mid-session, by cause (lost, rotation) and "
             "outcome (restored, failed)",
             ["cause", "outcome"],
+            registry=r,
+        )
+        self.tool_calls = Counter(
+            "voicebridge_tool_calls",
+            "Function calls the agent made, by tool (unknown names as 'unknown') and outcome",
+            ["tool", "outcome"],
+            registry=r,
+        )
+        self.tool_duration = Histogram(
+            "voicebridge_tool_duration_seconds",
+            "Time a tool call took, waiting for a free slot included",
+            ["tool"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0),
             registry=r,
         )
 

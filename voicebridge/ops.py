@@ -83,10 +83,18 @@ async def metrics(request: web.Request) -> web.Response:
 # -- admin routes -----------------------------------------------------------------------
 
 
+def is_admin(request: web.Request) -> bool:
+    """Whether the request may use the admin routes (the rule is access.admin_ok)."""
+    return access.admin_ok(
+        request.headers.get("Authorization", ""),
+        request.remote,
+        request.headers.get("Host"),
+        request.app[STATE].settings.admin_token,
+    )
+
+
 def _require_admin(request: web.Request) -> None:
-    expected = request.app[STATE].settings.admin_token
-    authorization = request.headers.get("Authorization", "")
-    if not access.admin_ok(authorization, request.remote, request.headers.get("Host"), expected):
+    if not is_admin(request):
         raise web.HTTPUnauthorized(
             text=json.dumps({"error": "admin token required", "code": errors.ERR_UNAUTHORIZED}),
             content_type="application/json",

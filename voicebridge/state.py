@@ -7,15 +7,20 @@ A module of its own so the request handlers (``ws_voice``, ``ops``) and the app 
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import attrs
 from aiohttp import web
 
+from voicebridge.calls import CallLog
 from voicebridge.config import Settings
 from voicebridge.logs import LimitedLog
 from voicebridge.metrics import Metrics
 from voicebridge.registry import SessionRegistry
 from voicebridge.relay import Session, UpstreamConfig
+
+if TYPE_CHECKING:
+    from voicebridge.tools import Toolbox
 
 
 @attrs.define
@@ -29,6 +34,10 @@ class AppState:
     sessions: dict[str, Session] = attrs.field(factory=dict)
     # The relay each voice socket gets; tests swap in a subclass to reach a failure path.
     session_class: type[Session] = Session
+    # Call records (CALL_STORE), or None when off; set by the app's lifecycle.
+    calls: CallLog | None = None
+    # Tools from TOOLS_FILE, or None; loaded once by the app's lifecycle.
+    toolbox: Toolbox | None = None
     draining: bool = False
     started_at: float = attrs.field(factory=time.time)
     # Failures that must not stop a request (a registry unregister) are logged through

@@ -9,10 +9,13 @@ however the session ends.
 
 from __future__ import annotations
 
+import uuid
+
 import structlog
 from aiohttp import web
 
 from voicebridge import access, errors, protocol
+from voicebridge.calls import NullRecorder, Recorder
 from voicebridge.ops import json_error
 from voicebridge.registry import SessionRecord
 from voicebridge.state import STATE
@@ -86,6 +89,17 @@ async def _relay(request: web.Request, ws: web.WebSocketResponse) -> web.WebSock
     upstream = state.upstream
     assert upstream is not None
     await ws.prepare(request)
+    session_id = uuid.uuid4().hex
+    recorder: Recorder = (
+        state.calls.recorder(
+            session_id,
+            channel="browser",
+            instance=state.registry.instance_id,
+            client=request.remote or "",
+        )
+        if state.calls is not None
+        else NullRecorder()
+    )
     session = state.session_class(
         request=request,
         ws=ws,
@@ -93,6 +107,9 @@ async def _relay(request: web.Request, ws: web.WebSocketResponse) -> web.WebSock
         upstream=upstream,
         registry=state.registry,
         metrics=state.metrics,
+        toolbox=state.toolbox,
+        recorder=recorder,
+        session_id=session_id,
     )
     record = SessionRecord(
         session_id=session.id,

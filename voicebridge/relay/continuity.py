@@ -22,6 +22,7 @@ from voicebridge.protocol import BYTES_PER_MS
 from voicebridge.relay.upstream import Upstream, UpstreamClosed
 
 if TYPE_CHECKING:
+    from voicebridge.calls import Recorder
     from voicebridge.config import Settings
     from voicebridge.metrics import Metrics
     from voicebridge.relay.link import UpstreamLink
@@ -37,6 +38,7 @@ class ContinuityMixin:
     settings: Settings
     prom: Metrics
     stats: SessionStats
+    calls: Recorder
     turns: TurnTracker
     _link: UpstreamLink
     _switching: asyncio.Lock
@@ -83,6 +85,7 @@ class ContinuityMixin:
                 new = await self._reconnect(budget)
             except UpstreamClosed as final:
                 self.prom.upstream_reconnects.labels(cause="lost", outcome="failed").inc()
+                self.calls.reconnected("lost", "failed")
                 raise UpstreamClosed(
                     f"{exc.detail}; no new connection within {budget:g} s ({final.detail})"
                 ) from None
@@ -94,6 +97,9 @@ class ContinuityMixin:
             await self._link.flush()
             self.stats.reconnects += 1
             self.prom.upstream_reconnects.labels(cause="lost", outcome="restored").inc()
+            self.calls.reconnected(
+                "lost", "restored", duration_ms=(time.monotonic() - started) * 1000
+            )
             log.info(
                 "session.upstream_restored",
                 generation=self._link.generation,
@@ -187,6 +193,9 @@ class ContinuityMixin:
             await old.close()
             self.stats.rotations += 1
             self.prom.upstream_reconnects.labels(cause="rotation", outcome="restored").inc()
+            self.calls.reconnected(
+                "rotation", "restored", duration_ms=(time.monotonic() - started) * 1000
+            )
             log.info(
                 "session.upstream_rotated",
                 generation=self._link.generation,

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import attrs
 
-Role = Literal["user", "assistant"]
+Role = Literal["user", "assistant", "tool"]
 
 
 @attrs.define
@@ -23,6 +23,7 @@ class Turn:
     text: str = ""
     response_id: str | None = None
     heard_share: float | None = None  # an interrupted agent turn: share of its audio played
+    call: tuple[str, str, str] | None = None  # a tool turn: call_id, name, arguments
 
     def heard_text(self) -> str:
         if self.heard_share is None:
@@ -52,6 +53,11 @@ class ConversationRecord:
         turn.text = text.strip()
         self._bound()
 
+    def tool(self, call_id: str, name: str, arguments: str, output: str) -> None:
+        """A function the model called, and what it returned."""
+        self.turns.append(Turn("tool", output, call=(call_id, name, arguments)))
+        self._bound()
+
     def agent_interrupted(self, response_id: str, played_ms: int, sent_ms: int) -> None:
         """The caller barged in: of ``sent_ms`` of this response's audio, ``played_ms``
         were heard. Called before or after the response's transcript arrives."""
@@ -60,8 +66,22 @@ class ConversationRecord:
 
     def items(self) -> list[dict[str, Any]]:
         """The turns as the items to create on a new connection, oldest first."""
-        items = []
+        items: list[dict[str, Any]] = []
         for turn in self.turns:
+            if turn.call is not None:
+                call_id, name, arguments = turn.call
+                items.append(
+                    {
+                        "type": "function_call",
+                        "call_id": call_id,
+                        "name": name,
+                        "arguments": arguments,
+                    }
+                )
+                items.append(
+                    {"type": "function_call_output", "call_id": call_id, "output": turn.text}
+                )
+                continue
             text = turn.heard_text()
             if not text:
                 continue

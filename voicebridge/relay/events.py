@@ -108,6 +108,17 @@ class AgentTranscriptDelta:
 
 
 @attrs.frozen
+class FunctionCall:
+    """The model calls a function: ``response.function_call_arguments.done``."""
+
+    response_id: str | None
+    item_id: str | None
+    call_id: str
+    name: str
+    arguments: str
+
+
+@attrs.frozen
 class TranscriptionFailed:
     item_id: str | None
     message: str
@@ -129,6 +140,7 @@ UpstreamEvent = (
     | ServiceWarning
     | AgentTranscriptDelta
     | TranscriptionFailed
+    | FunctionCall
 )
 
 _SPEECH_STARTED = SpeechStarted()
@@ -228,6 +240,19 @@ def _response_done(event: dict[str, Any]) -> ResponseDone:
     )
 
 
+def _function_call(event: dict[str, Any]) -> FunctionCall:
+    call_id, name = _opt_str(event, "call_id"), _opt_str(event, "name")
+    if not call_id or not name:
+        raise BadUpstreamEvent("function call without call_id or name")
+    return FunctionCall(
+        _opt_str(event, "response_id"),
+        _opt_str(event, "item_id"),
+        call_id,
+        name,
+        _text(event, "arguments"),
+    )
+
+
 def _warning(event: dict[str, Any]) -> ServiceWarning:
     warning = _object(event, "warning")
     return ServiceWarning(
@@ -270,6 +295,7 @@ _PARSERS: dict[str, Callable[[dict[str, Any]], UpstreamEvent]] = {
     "response.text.done": lambda e: AgentText(_text(e, "text"), _opt_str(e, "response_id")),
     "response.done": _response_done,
     "warning": _warning,
+    "response.function_call_arguments.done": _function_call,
     "conversation.item.input_audio_transcription.failed": _transcription_failed,
     "response.audio_transcript.delta": lambda e: AgentTranscriptDelta(
         _text(e, "delta"), _opt_str(e, "response_id")

@@ -24,7 +24,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import attrs
@@ -32,6 +32,7 @@ import structlog
 from aiohttp import web
 
 from voicebridge import errors, protocol
+from voicebridge.calls import NullRecorder, Recorder
 from voicebridge.config import Settings
 from voicebridge.errors import ProtocolError
 from voicebridge.logs import LimitedLog
@@ -46,8 +47,12 @@ from voicebridge.relay.limits import AppendCoalescer, TokenBucket
 from voicebridge.relay.link import UpstreamLink
 from voicebridge.relay.session_config import build_session_config
 from voicebridge.relay.stats import SessionStats
+from voicebridge.relay.tool_calls import ToolCalls
 from voicebridge.relay.turns import ResponseTrack, TurnTracker
 from voicebridge.relay.upstream import Upstream, UpstreamClosed, UpstreamConfig, open_connection
+
+if TYPE_CHECKING:
+    from voicebridge.tools import Toolbox
 
 log = structlog.get_logger(__name__)
 
@@ -56,7 +61,13 @@ log = structlog.get_logger(__name__)
 _BENIGN_UPSTREAM_ERRORS = frozenset({"response_cancel_not_active", "session_expired"})
 # Ends that owe the client the rest of the answer and a `status: ended` rather than an error.
 _GRACEFUL_CODES = frozenset(
-    {errors.ERR_ENDED_BY_ADMIN, errors.ERR_SESSION_LIMIT, errors.ERR_IDLE, errors.ERR_SHUTDOWN}
+    {
+        errors.ERR_ENDED_BY_ADMIN,
+        errors.ERR_SESSION_LIMIT,
+        errors.ERR_IDLE,
+        errors.ERR_SHUTDOWN,
+        errors.ERR_AGENT_ENDED,
+    }
 )
 
 
@@ -84,6 +95,8 @@ class Session(ContinuityMixin):
         upstream: UpstreamConfig,
         registry: SessionRegistry,
         metrics: Metrics,
+        toolbox: Toolbox | None = None,
+        recorder: Recorder | None = None,
         session_id: str | None = None,
     ) -> None:
         self.id = session_id or uuid.uuid4().hex
@@ -92,6 +105,8 @@ class Session(ContinuityMixin):
         self.registry = registry
         self.prom = metrics
         self.stats = SessionStats(client=request.remote or "")
+        self.calls: Recorder = recorder if recorder is not None else NullRecorder()
+        self._speech_at: float | None = None  # when the caller's current turn started
         self.end: EndReason | None = None
         self.done = asyncio.Event()
         self.turns = TurnTracker(BYTES_PER_MS)
@@ -132,6 +147,18 @@ class Session(ContinuityMixin):
         self._audio_out = AppendCoalescer(MIN_APPEND_MS * BYTES_PER_MS)
         self._first_input_at: float | None = None
         self._answer_owed = False  # a response.create sent, its response.created not seen
+        self._tasks: asyncio.TaskGroup | None = None  # the relay's group, for tool calls
+        self._tools = (
+            None
+            if toolbox is None
+            else ToolCalls(
+                toolbox,
+                session_id=self.id,
+                show_arguments=settings.tools_show_arguments,
+                send_client=self._send_text,
+                metrics=metrics,
+            )
+        )
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -163,6 +190,7 @@ class Session(ContinuityMixin):
             end = self.end or EndReason("unknown")
             self.prom.sessions.labels(reason=end.reason).inc()
             self.count_audio()
+            self.calls.ended(end.reason, int(end.close_code))
             log.info(
                 "session.ended",
                 reason=end.reason,
@@ -283,6 +311,9 @@ class Session(ContinuityMixin):
             )
             return
         self._session_config = build_session_config(self.settings, instructions)
+        if self._tools is not None:
+            self._session_config["tools"] = self._tools.toolbox.session_tools()
+            self._session_config["tool_choice"] = "auto"
         started = time.monotonic()
         attempt = asyncio.ensure_future(
             self._open_upstream(self.settings.upstream_connect_timeout_s)
@@ -352,6 +383,7 @@ class Session(ContinuityMixin):
     async def _relay(self) -> None:
         try:
             async with asyncio.TaskGroup() as tg:
+                self._tasks = tg
                 tg.create_task(self._client_pump(), name="client_pump")
                 tg.create_task(self._upstream_pump(), name="upstream_pump")
                 tg.create_task(self._writer(), name="writer")
@@ -498,6 +530,7 @@ class Session(ContinuityMixin):
             "content": [{"type": "input_text", "text": text}],
         }
         self._record.user(text)
+        self.calls.user_typed(text)
         self._answer_owed = True
         if not self._link.accepting:
             # The next connection gets the message in its replay and is asked to answer.
@@ -553,6 +586,7 @@ class Session(ContinuityMixin):
             ev.ServiceWarning: self._on_service_warning,
             ev.AgentTranscriptDelta: self._on_transcript_delta,
             ev.TranscriptionFailed: self._on_transcription_failed,
+            ev.FunctionCall: self._on_function_call,
         }
 
     async def _on_session_created(self, event: ev.SessionCreated) -> None:
@@ -585,8 +619,10 @@ class Session(ContinuityMixin):
 
     async def _on_speech_started(self, event: ev.SpeechStarted) -> None:
         now = time.monotonic()
+        self._speech_at = time.time()
         plan = self.turns.plan_barge_in(now)
         if plan is not None:
+            self.calls.barge_in()
             # The caller talks over the agent: silence it now, end it, forget the unheard.
             self.turns.mute(plan)
             dropped = self.channel.drop_audio()
@@ -597,9 +633,9 @@ class Session(ContinuityMixin):
             for response_id in plan.mute:
                 track = self.turns.tracks[response_id]
                 if track.audio_queued:
-                    self._record.agent_interrupted(
-                        response_id, track.played_ms(now), track.audio_queued // BYTES_PER_MS
-                    )
+                    played, sent = track.played_ms(now), track.audio_queued // BYTES_PER_MS
+                    self._record.agent_interrupted(response_id, played, sent)
+                    self.calls.agent_interrupted(response_id, played, sent)
             # While the link is down these are dropped: a new connection has nothing to cut.
             if plan.cancel is not None:
                 cancel: dict[str, Any] = {"type": "response.cancel"}
@@ -640,6 +676,7 @@ class Session(ContinuityMixin):
     async def _on_user_transcript(self, event: ev.UserTranscript) -> None:
         self.stats.user_transcripts += 1
         self._record.user(event.text)
+        self.calls.user_said(event.text, at=self._speech_at)
         self._send_text(protocol.transcript("user_transcript", event.text))
 
     async def _on_response_created(self, event: ev.ResponseCreated) -> None:
@@ -656,6 +693,43 @@ class Session(ContinuityMixin):
         if track is None or track.muted or not event.text:
             return  # captions of an interrupted answer stop with its audio
         self._send_text(protocol.transcript_delta(event.text, track.response_id))
+
+    async def _on_function_call(self, event: ev.FunctionCall) -> None:
+        from voicebridge.tools import ToolCall  # only sessions that meet a call need it
+
+        call = ToolCall(call_id=event.call_id, name=event.name, arguments=event.arguments)
+        if self._tools is None:
+            # No tools were offered, so the service should not call any; answer all the same
+            # so the conversation is not left waiting on a call.
+            self._record.tool(call.call_id, call.name, call.arguments, _NO_TOOLS)
+            await self._link.send(_output_item(call.call_id, _NO_TOOLS))
+            return
+        assert self._tasks is not None
+        self._tools.start(self._tasks, event.response_id, call)
+
+    async def _answer_tools(self, response_id: str | None) -> None:
+        """Once a response that called tools is done: the outputs, then the next answer."""
+        assert self._tools is not None
+        results = await self._tools.outcomes(response_id)
+        for call, outcome in results:
+            self._record.tool(call.call_id, call.name, call.arguments, outcome.output)
+            self.calls.tool_call(call.name, outcome.duration_ms, "ok" if outcome.ok else "failed")
+            await self._link.send(_output_item(call.call_id, outcome.output), hold=True)
+        if any(outcome.end_call for _, outcome in results):
+            log.info("session.agent_ended")
+            self.request_end(
+                "agent_ended",
+                close_code=errors.close_code(errors.ERR_AGENT_ENDED),
+                code=errors.ERR_AGENT_ENDED,
+                message="the agent ended the call",
+            )
+            return
+        if self.stats.state == "listening":
+            # The caller talks: their turn brings a response, with the outputs in context.
+            log.info("session.tool_answer_skipped", reason="caller speaking")
+            return
+        self._answer_owed = True
+        await self._link.send({"type": "response.create"}, hold=True)
 
     async def _on_service_warning(self, event: ev.ServiceWarning) -> None:
         self._limited.warning(
@@ -678,6 +752,11 @@ class Session(ContinuityMixin):
             if step.latency_s is not None:
                 self.stats.latencies_ms.append(round(step.latency_s * 1000, 1))
                 self.prom.latency.observe(step.latency_s)
+                self.calls.response_latency(
+                    step.latency_s * 1000, response_id=step.track.response_id
+                )
+            else:
+                self.calls.agent_started(step.track.response_id)
             self._send_text(protocol.audio_start(step.track.response_id))
         await self.channel.send_audio(step.track, event.pcm)
 
@@ -689,14 +768,18 @@ class Session(ContinuityMixin):
     async def _on_agent_transcript(self, event: ev.AgentTranscript) -> None:
         self.stats.agent_transcripts += 1
         self._record.agent(event.response_id, event.text)
+        self.calls.agent_said(event.response_id, event.text)
         self._send_text(protocol.transcript("agent_transcript", event.text))
 
     async def _on_agent_text(self, event: ev.AgentText) -> None:
         self.stats.agent_transcripts += 1
         self._record.agent(event.response_id, event.text)
+        self.calls.agent_said(event.response_id, event.text)
         self._send_text(protocol.transcript("agent_text", event.text))
 
     async def _on_response_done(self, event: ev.ResponseDone) -> None:
+        if event.usage is not None:
+            self.calls.usage(event.response_id, event.usage)
         if event.status == "failed":
             self._client_error(
                 f"the agent could not answer: {event.reason or 'the service gave no reason'}",
@@ -707,6 +790,9 @@ class Session(ContinuityMixin):
                 f"the answer was cut short ({event.reason or 'no reason given'})",
                 errors.ERR_RESPONSE_INCOMPLETE,
             )
+        if self._tools is not None and self._tools.has_pending(event.response_id):
+            assert self._tasks is not None
+            self._tasks.create_task(self._answer_tools(event.response_id), name="tool_answers")
         if not self.turns.response_done(event.response_id):
             return  # an older response ending changes nothing the client sees now
         self._turn_over.set()
@@ -823,6 +909,16 @@ class Session(ContinuityMixin):
 
 
 _CLOSE_TIMEOUT_S = 2.0
+_NO_TOOLS = '{"error": "no tools are available in this session"}'
+
+
+def _output_item(call_id: str, output: str) -> dict[str, Any]:
+    return {
+        "type": "conversation.item.create",
+        "item": {"type": "function_call_output", "call_id": call_id, "output": output},
+    }
+
+
 # Event ids on what the relay sends, so the service's errors that name them can be told
 # apart: a refused configuration ends the session; a refused cut after a barge-in is a race.
 _CONFIG_EVENT_ID = "vb-session-config"
