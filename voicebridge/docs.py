@@ -27,6 +27,9 @@ ROUTES = [
     ("DELETE", "/sessions/{id}", "end that session, wherever it runs (admin); 202, or 404"),
     ("GET", "/metrics", "Prometheus text format"),
     ("GET", "/docs", "this page"),
+    ("GET", "/calls", "call records, newest first; filters from, to, channel, reason, q (admin)"),
+    ("GET", "/calls/{id}", "one call record with its turns (admin)"),
+    ("GET", "/calls/{id}/transcript", "one call as plain text (admin)"),
 ]
 
 CLIENT_MESSAGES = [
