@@ -41,6 +41,7 @@ from voicebridge.registry import SessionRegistry, SessionSnapshot, create_regist
 from voicebridge.relay import UpstreamConfig
 from voicebridge.relay.upstream import EntraTokens
 from voicebridge.state import STATE, AppState
+from voicebridge.tools import load_toolbox
 
 __all__ = ["STATE", "AppState", "create_app", "serve"]
 
@@ -84,6 +85,7 @@ def create_app(
     app.cleanup_ctx.append(_registry_ctx)
     # Exits run in reverse and after the drain: every record is handed over before the flush.
     app.cleanup_ctx.append(_calls_ctx)
+    app.cleanup_ctx.append(_tools_ctx)
     app.on_shutdown.append(_drain_sessions)
     app.router.add_get("/health", ops.health)
     app.router.add_get("/config", ops.client_config)
@@ -104,6 +106,22 @@ def create_app(
 
 
 # -- lifecycles -----------------------------------------------------------------------
+
+
+async def _tools_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The tools of TOOLS_FILE, read and checked once (a bad file stops start-up)."""
+    state = app[STATE]
+    toolbox = load_toolbox(state.settings)
+    if toolbox is None:
+        yield
+        return
+    log.info("app.tools", tools=len(toolbox.session_tools()), file=str(state.settings.tools_file))
+    state.toolbox = toolbox
+    try:
+        yield
+    finally:
+        state.toolbox = None
+        await toolbox.aclose()
 
 
 async def _calls_ctx(app: web.Application) -> AsyncIterator[None]:

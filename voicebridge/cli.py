@@ -95,6 +95,10 @@ def _serve(env_file: str) -> int:
         stop_logging()
         print(f"voicebridge: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except ConfigError as exc:  # the tools file, read as the app starts
+        stop_logging()
+        print(f"voicebridge: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     finally:
         stop_logging()  # the last lines (app.stopped) are written before the process exits
     return 0

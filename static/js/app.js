@@ -221,6 +221,23 @@ function addBubble({ role, text, source, typedId, delivery }) {
   appendToTranscript(li, { follow: Boolean(typedId) });
 }
 
+const TOOL_WORDS = { started: 'is working on it…', done: 'done', failed: 'did not work' };
+
+/** One activity line per tool call, updated in place as it starts and ends. */
+function showTool({ name, call_id: callId, status, duration_ms: ms }) {
+  let li = ui.transcript.querySelector(`[data-call-id="${CSS.escape(callId)}"]`);
+  if (!li) {
+    li = document.createElement('li');
+    li.className = 'tool-activity';
+    li.dataset.callId = callId;
+    appendToTranscript(li);
+  }
+  li.dataset.status = status;
+  const words = TOOL_WORDS[status] || status;
+  const took = typeof ms === 'number' && status !== 'started' ? ` (${ms} ms)` : '';
+  li.textContent = `Tool ${name}: ${words}${took}`;
+}
+
 const DELIVERY_NOTES = {
   not_sent: 'Not sent: too many messages in a short time. Wait a moment, then',
   unconfirmed: 'Not confirmed: the connection closed before the server answered. You can',
@@ -332,6 +349,7 @@ client.addEventListener('status', (e) => {
   showStatus(status, hint);
 });
 client.addEventListener('transcript', (e) => addBubble(e.detail));
+client.addEventListener('tool', (e) => showTool(e.detail));
 client.addEventListener('typed', (e) => markTyped(e.detail));
 const MIC_BLOCKED_HINT = 'This page cannot use the microphone as it was opened; see below.';
 client.addEventListener('error', (e) => {

@@ -644,6 +644,14 @@ export class VoiceClient extends EventTarget {
         }
         this.emit('error', { message: msg.message || 'Unknown error', code: msg.code || '' });
         break;
+      case 'tool':
+        // The agent is using one of the operator's tools (the page can never call one).
+        if (typeof msg.call_id === 'string' && typeof msg.name === 'string') {
+          this.emit('tool', { ...msg });
+        }
+        break;
+      case 'agent_transcript_delta':
+        break; // captions: the full transcript follows; this page shows that
       case 'pong': {
         this.pongsReceived += 1;
         const handled = this.typedPending.findIndex((t) => t.ack > this.pongsReceived);

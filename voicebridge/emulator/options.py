@@ -102,6 +102,10 @@ class EmulatorOptions:
     )
     #: Send a `warning` event with this message after every session.updated.
     session_warning: str | None = None
+    #: After every spoken turn, call this tool instead of echoing the turn: a tool's name,
+    #: optionally followed by its JSON arguments (``find_product {"name": "headset"}``),
+    #: as a typed message would ask for it. Only when the session's tools include it.
+    call_tool_after_speech: str | None = None
 
 
 def add_emulator_arguments(parser: argparse.ArgumentParser) -> None:
@@ -199,6 +203,13 @@ def add_emulator_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="MESSAGE",
         help="send a warning event with this message after every session.updated",
     )
+    parser.add_argument(
+        "--call-tool-after-speech",
+        default=None,
+        metavar="TOOL",
+        help="after every spoken turn call this tool (a name, then optional JSON arguments, "
+        'e.g. \'find_product {"name": "headset"}\') instead of echoing the turn',
+    )
 
 
 def options_from_args(args: argparse.Namespace) -> EmulatorOptions:
@@ -223,4 +234,5 @@ def options_from_args(args: argparse.Namespace) -> EmulatorOptions:
         response_outcome=args.response_outcome,
         incomplete_reason=args.incomplete_reason,
         session_warning=args.session_warning,
+        call_tool_after_speech=args.call_tool_after_speech,
     )

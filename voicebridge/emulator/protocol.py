@@ -9,9 +9,11 @@ every event built here against the SDK's deserializer instead.
 from __future__ import annotations
 
 import itertools
+import re
 import secrets
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -37,6 +39,11 @@ ERR_ITEM_NOT_FOUND = "item_not_found"
 ERR_TRUNCATE_INVALID = "item_truncate_invalid_audio_end_ms"
 ERR_INJECTED = "emulator_injected_fault"
 ERR_TRANSCRIPTION_FAILED = "transcription_failed"
+#: A function_call_output whose call_id matches no function_call item: the service's
+#: "Tool call ID '...' not found in conversation." (OpenAI Realtime API, as reported in
+#: livekit/agents#3344; reference: "the server will check that a function_call item with
+#: the same ID exists in the conversation history").
+ERR_INVALID_TOOL_CALL_ID = "invalid_tool_call_id"
 
 CLIENT_EVENT_TYPES = (
     "session.update",
@@ -382,19 +389,24 @@ def apply_session_update(
     Raises ProtocolError for the first invalid or unknown field, then for the first rule
     the merged session breaks on ``target`` (the connection's model or agent).
     """
-    new = _merge_session_update(current, update)
-    check_rules(new, target or Target(model=current.get("model"), lenient=True))
+    target = target or Target(model=current.get("model"), lenient=True)
+    new = _merge_session_update(current, update, target)
+    check_rules(new, target)
     return new
 
 
-def _merge_session_update(current: Mapping[str, Any], update: object) -> JSON:
+def _merge_session_update(current: Mapping[str, Any], update: object, target: Target) -> JSON:
     fields = _require_object(update, "session")
     new = dict(current)
     for key, value in fields.items():
         param = f"session.{key}"
         if key not in SESSION_FIELDS:
             raise ProtocolError(ERR_UNKNOWN_PARAMETER, f"Unknown parameter: '{param}'.", param)
-        if key == "voice":
+        if key == "tools":
+            new[key] = check_tools(value, target)
+        elif key == "tool_choice":
+            new[key] = value  # checked below, against the merged tools
+        elif key == "voice":
             new[key] = _normalize_voice(value)
         elif key == "turn_detection":
             new[key] = _normalize_turn_detection(value)
@@ -450,7 +462,176 @@ def _merge_session_update(current: Mapping[str, Any], update: object) -> JSON:
             new[key] = value
         else:
             new[key] = value
+    if "tools" in fields or "tool_choice" in fields:
+        check_tool_choice(new.get("tool_choice", "auto"), new.get("tools") or [])
     return new
+
+
+# --- tools ---------------------------------------------------------------------------------
+# What session.update's `tools` takes. Sources: Voice Live API reference 2026-07-15
+# ("RealtimeFunctionTool", "MCPServer"), the SDK models (FunctionTool, MCPServer), the OpenAI
+# Realtime API's session.update `tools` and `tool_choice`, OpenAI function calling
+# (FunctionObject: the name pattern), and "How to add an MCP server to Voice Live"
+# (how-to-voice-live-mcp-server: the fields, require_approval, the api-version).
+
+#: "Must be a-z, A-Z, 0-9, or contain underscores and dashes, with a maximum length of 64"
+#: (OpenAI function calling, FunctionObject.name).
+TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+FUNCTION_TOOL_FIELDS = frozenset({"type", "name", "description", "parameters"})
+MCP_TOOL_FIELDS = frozenset(
+    {
+        "type",
+        "server_label",
+        "server_url",
+        "authorization",
+        "headers",
+        "allowed_tools",
+        "require_approval",
+    }
+)
+#: MCPApprovalType (SDK): "always" (the service's default) or "never"; or tool names per
+#: mode, {"always": [...], "never": [...]} (how-to, "Approval modes").
+MCP_APPROVAL_MODES = frozenset({"always", "never"})
+#: "API version required: 2026-04-10 or later" for MCP servers (how-to, first table).
+MCP_SINCE = "2026-04-10"
+TOOL_CHOICES = frozenset({"auto", "none", "required"})
+
+
+def _string_list(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) and v for v in value)
+
+
+def check_tools(value: object, target: Target) -> list[JSON]:
+    """`session.tools`: function tools (name, description, parameters: an object schema)
+    and MCP servers (server_label, server_url, and the optional fields), names unique."""
+    param = "session.tools"
+    if not isinstance(value, list):
+        raise _invalid(param, "Invalid type for 'session.tools': expected an array.")
+    names: set[str] = set()
+    labels: set[str] = set()
+    tools: list[JSON] = []
+    for index, tool in enumerate(value):
+        where = f"{param}[{index}]"
+        spec = _require_object(tool, where)
+        kind = spec.get("type")
+        if kind == "function":
+            tools.append(_check_function_tool(spec, where, names))
+        elif kind == "mcp":
+            if (target.api_version or MCP_SINCE) < MCP_SINCE:
+                raise _invalid(
+                    f"{where}.type",
+                    f"MCP servers need api-version {MCP_SINCE} or later, not "
+                    f"'{target.api_version}'.",
+                )
+            tools.append(_check_mcp_tool(spec, where, labels))
+        else:
+            raise _invalid(
+                f"{where}.type",
+                f"Invalid value: {kind!r}. Supported values are: 'function', 'mcp'.",
+            )
+    return tools
+
+
+def _check_function_tool(spec: Mapping[str, Any], where: str, names: set[str]) -> JSON:
+    for key in sorted(set(spec) - FUNCTION_TOOL_FIELDS):
+        raise ProtocolError(ERR_UNKNOWN_PARAMETER, f"Unknown parameter: '{key}'.", f"{where}.{key}")
+    name = spec.get("name")
+    if not isinstance(name, str) or not name:
+        raise ProtocolError(ERR_MISSING_PARAMETER, "Missing required parameter: 'name'.", where)
+    if not TOOL_NAME.fullmatch(name):
+        raise _invalid(
+            f"{where}.name",
+            f"Invalid 'name': '{name}'. Expected a string that matches the pattern "
+            "'^[a-zA-Z0-9_-]{1,64}$'.",
+        )
+    if name in names:
+        raise _invalid(f"{where}.name", f"Duplicate tool name: '{name}'.")
+    names.add(name)
+    if not isinstance(spec.get("description"), str):
+        raise ProtocolError(
+            ERR_MISSING_PARAMETER, "Missing required parameter: 'description'.", where
+        )
+    parameters = spec.get("parameters")
+    if not isinstance(parameters, Mapping):
+        raise ProtocolError(
+            ERR_MISSING_PARAMETER, "Missing required parameter: 'parameters'.", where
+        )
+    if parameters.get("type") != "object":
+        # Function arguments are a JSON object; its schema must say so.
+        raise _invalid(
+            f"{where}.parameters",
+            "Invalid schema for function parameters: schema must be a JSON Schema of "
+            "'type: \"object\"'.",
+        )
+    return dict(spec)
+
+
+def _check_mcp_tool(spec: Mapping[str, Any], where: str, labels: set[str]) -> JSON:
+    for key in sorted(set(spec) - MCP_TOOL_FIELDS):
+        raise ProtocolError(ERR_UNKNOWN_PARAMETER, f"Unknown parameter: '{key}'.", f"{where}.{key}")
+    for key in ("server_label", "server_url"):
+        if not isinstance(spec.get(key), str) or not spec[key]:
+            raise ProtocolError(
+                ERR_MISSING_PARAMETER, f"Missing required parameter: '{key}'.", where
+            )
+    label = spec["server_label"]
+    if label in labels:
+        raise _invalid(f"{where}.server_label", f"Duplicate server_label: '{label}'.")
+    labels.add(label)
+    url = urlsplit(spec["server_url"])
+    if url.scheme not in ("http", "https") or not url.netloc:
+        raise _invalid(f"{where}.server_url", "Invalid 'server_url': expected an http(s) URL.")
+    if "allowed_tools" in spec and not _string_list(spec["allowed_tools"]):
+        raise _invalid(
+            f"{where}.allowed_tools", "Invalid 'allowed_tools': expected a list of strings."
+        )
+    headers = spec.get("headers", {})
+    if not isinstance(headers, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+    ):
+        raise _invalid(f"{where}.headers", "Invalid 'headers': expected string values.")
+    if "authorization" in spec and not isinstance(spec["authorization"], str):
+        raise _invalid(f"{where}.authorization", "Invalid 'authorization': expected a string.")
+    policy = spec.get("require_approval", "always")
+    valid = (isinstance(policy, str) and policy in MCP_APPROVAL_MODES) or (
+        isinstance(policy, Mapping)
+        and set(policy) <= MCP_APPROVAL_MODES
+        and all(_string_list(v) for v in policy.values())
+    )
+    if not valid:
+        raise _invalid(
+            f"{where}.require_approval",
+            "Invalid 'require_approval': expected 'always', 'never', or an object of tool "
+            "name lists by mode.",
+        )
+    return dict(spec)
+
+
+def check_tool_choice(choice: object, tools: list[JSON]) -> None:
+    """`tool_choice`: auto, none, required, or {"type": "function", "name": <a tool>}
+    (SDK ToolChoiceLiteral, ToolChoiceFunctionSelection)."""
+    param = "session.tool_choice"
+    if isinstance(choice, str):
+        if choice not in TOOL_CHOICES:
+            raise _invalid(
+                param, f"Invalid value: '{choice}'. Supported values are: {sorted(TOOL_CHOICES)}."
+            )
+        return
+    spec = _require_object(choice, param)
+    if spec.get("type") != "function" or not isinstance(spec.get("name"), str):
+        raise _invalid(param, "Invalid 'tool_choice': expected {'type': 'function', 'name': ...}.")
+    if not any(t.get("type") == "function" and t["name"] == spec["name"] for t in tools):
+        raise _invalid(f"{param}.name", f"Tool '{spec['name']}' not found in 'tools'.")
+
+
+def needs_approval(server: Mapping[str, Any], tool_name: str) -> bool:
+    """Whether Voice Live asks the client before calling ``tool_name`` on ``server``:
+    "always" (the default) asks, "never" does not; per tool, names under "never" are not
+    asked about, every other is (how-to, "Approval modes")."""
+    policy = server.get("require_approval", "always")
+    if isinstance(policy, str):
+        return policy == "always"
+    return tool_name not in policy.get("never", [])
 
 
 @attrs.frozen
@@ -559,4 +740,70 @@ def usage(input_audio_ms: int, input_text: str, output_audio_ms: int, output_tex
             "cached_tokens_details": {"text_tokens": 0, "audio_tokens": 0, "image_tokens": 0},
         },
         "output_token_details": {"text_tokens": text_out, "audio_tokens": audio_out},
+    }
+
+
+# --- tool items ------------------------------------------------------------------------------
+# Output items of a response that calls tools (SDK: ResponseFunctionCallItem,
+# ResponseMCPApprovalRequestItem, ResponseMCPCallItem, ResponseMCPListToolItem). Only the
+# function call item has a status.
+
+
+def function_call_item(item_id: str, call_id: str, name: str, arguments: str, status: str) -> JSON:
+    """A function call the model makes (SDK: ResponseFunctionCallItem)."""
+    return {
+        "id": item_id,
+        "object": "realtime.item",
+        "type": "function_call",
+        "status": status,
+        "name": name,
+        "call_id": call_id,
+        "arguments": arguments,
+    }
+
+
+def mcp_approval_request_item(item_id: str, server_label: str, name: str, arguments: str) -> JSON:
+    """Voice Live asking the client whether it may call an MCP tool (SDK:
+    ResponseMCPApprovalRequestItem; how-to, "Approval flow")."""
+    return {
+        "id": item_id,
+        "object": "realtime.item",
+        "type": "mcp_approval_request",
+        "server_label": server_label,
+        "name": name,
+        "arguments": arguments,
+    }
+
+
+def mcp_call_item(
+    item_id: str,
+    server_label: str,
+    name: str,
+    arguments: str,
+    *,
+    approval_request_id: str | None,
+    output: str | None = None,
+) -> JSON:
+    """An MCP tool call the service makes itself (SDK: ResponseMCPCallItem)."""
+    return {
+        "id": item_id,
+        "object": "realtime.item",
+        "type": "mcp_call",
+        "server_label": server_label,
+        "name": name,
+        "arguments": arguments,
+        "approval_request_id": approval_request_id,
+        "output": output,
+        "error": None,
+    }
+
+
+def mcp_list_tools_item(item_id: str, server_label: str, tools: list[JSON]) -> JSON:
+    """The tools an MCP server offers (SDK: ResponseMCPListToolItem, MCPTool)."""
+    return {
+        "id": item_id,
+        "object": "realtime.item",
+        "type": "mcp_list_tools",
+        "server_label": server_label,
+        "tools": tools,
     }

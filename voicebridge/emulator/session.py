@@ -15,7 +15,15 @@ authentication, fault injection and closing. What it does:
 * response.cancel, barge-in (speech while a response plays), item create / retrieve /
   truncate / delete, buffer commit / clear, and the service's `error` event for bad input;
 * on demand: responses that end `failed` or `incomplete`, and a `warning` after each
-  session.updated.
+  session.updated;
+* tools (session `tools`): a typed user message that starts with a tool's name,
+  ``find_product {"name": "headset"}`` (several joined by ``;``), makes the next response
+  call it: a function call (arguments streamed, then the client's function_call_output
+  and response.create get spoken answer "The tool said: <output>"), or an MCP tool (an
+  mcp_approval_request when the server's require_approval asks for one, then the
+  service-side mcp_call with an output made up here). MCP servers are listed
+  (mcp_list_tools.*) after each session.updated that adds one. With
+  ``call_tool_after_speech`` every spoken turn calls that tool instead of being echoed.
 
 Memory is bounded: only the current utterance's audio is kept (at most `max_utterance_s`),
 conversation items are kept as metadata without audio (the newest `MAX_ITEMS`).
@@ -30,11 +38,13 @@ from __future__ import annotations
 import asyncio
 import binascii
 import collections
+import json
 import math
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from types import MappingProxyType
-from typing import ClassVar
+from typing import Any, ClassVar, Literal
+from urllib.parse import urlsplit
 
 import attrs
 import orjson
@@ -64,25 +74,49 @@ MAX_QUEUED_RESPONSES = 4
 MIN_COMMIT_MS = 100
 GREETING_TRANSCRIPT = "Hello, this is the voicebridge emulator. Speak, and I will echo you."
 _WORDS = re.compile(r"\S+\s*")
+#: Function and MCP call arguments are streamed in deltas of this many characters, one
+#: every ARGUMENTS_DELTA_S when pacing in real time (a model writes them token by token).
+ARGUMENTS_CHUNK_CHARS = 16
+ARGUMENTS_DELTA_S = 0.02
+#: The tools an MCP server offers when its entry names no allowed_tools.
+DEFAULT_MCP_TOOLS = ("search",)
+
+ToolItemKind = Literal["function_call", "mcp_approval_request", "mcp_call"]
+
+
+@attrs.frozen
+class PlannedCall:
+    """One tool call a response makes: its output item's type, the tool and arguments."""
+
+    kind: ToolItemKind
+    name: str
+    arguments: str
+    server_label: str | None = None
+    approval_request_id: str | None = None
 
 
 @attrs.frozen
 class Answer:
-    """What the next response answers: committed user audio, or a typed user message."""
+    """What the next response answers: committed user audio, or a typed user message;
+    tools it calls instead; or what it says about tool results (``reply``)."""
 
     audio: bytes = b""
     text: str = ""
+    calls: tuple[PlannedCall, ...] = ()
+    reply: tuple[str, ...] = ()
 
 
 @attrs.frozen
 class ResponsePlan:
-    """A response ready to play: its audio, its transcript, and what it was asked for."""
+    """A response ready to play: its audio, its transcript, and what it was asked for;
+    or, with ``calls``, the tools it calls (no audio, no message)."""
 
     audio: bytes
     transcript: str
     modalities: tuple[str, ...]
     input_audio_ms: int
     input_text: str
+    calls: tuple[PlannedCall, ...] = ()
 
     @property
     def has_audio(self) -> bool:
@@ -116,6 +150,28 @@ class ActiveResponse:
 
 
 @attrs.define(eq=False)
+class ToolItem:
+    """One output item of a tool response, as far as the player has streamed it."""
+
+    call: PlannedCall
+    item_id: str
+    call_id: str
+    record: ItemRecord
+    arguments_sent: int = 0
+    done: bool = False
+
+
+@attrs.define(eq=False)
+class ToolResponse:
+    """A response that calls tools; the player task adds and streams its items."""
+
+    response_id: str
+    plan: ResponsePlan
+    items: list[ToolItem] = attrs.field(factory=list)
+    task: asyncio.Task[None] | None = None
+
+
+@attrs.define(eq=False)
 class EmulatorSession:
     """State of one connection. Call `start`, then `handle` per frame, then `aclose`."""
 
@@ -142,7 +198,13 @@ class EmulatorSession:
         init=False, factory=collections.OrderedDict
     )
     _pending: Answer | None = attrs.field(init=False, default=None)
-    _active: ActiveResponse | None = attrs.field(init=False, default=None)
+    _active: ActiveResponse | ToolResponse | None = attrs.field(init=False, default=None)
+    # MCP servers listed on this connection: label -> (url and allowed tools, tool names).
+    _mcp_servers: dict[str, tuple[tuple[str, tuple[str, ...]], tuple[str, ...]]] = attrs.field(
+        init=False, factory=dict
+    )
+    # mcp_approval_request items not answered yet, by item id.
+    _approvals: dict[str, PlannedCall] = attrs.field(init=False, factory=dict)
     _queued: collections.deque[ResponsePlan] = attrs.field(init=False, factory=collections.deque)
     _mirror_ids: tuple[str, str] | None = attrs.field(init=False, default=None)
     _closed: bool = attrs.field(init=False, default=False)
@@ -265,6 +327,79 @@ class EmulatorSession:
         warning = self.get_options().session_warning
         if warning is not None:
             await self.send_event(p.warning_event(self.ids.new("event"), warning, "emulator"))
+        await self._list_mcp_tools()
+
+    async def _list_mcp_tools(self) -> None:
+        """List the tools of each MCP server the session names anew: an mcp_list_tools
+        item, then mcp_list_tools.in_progress and .completed (how-to: "On session start,
+        Voice Live calls each MCP server's tool listing endpoint and emits mcp_list_tools
+        events"). The tools are its allowed_tools (or DEFAULT_MCP_TOOLS); a server on a
+        ``.invalid`` host (RFC 2606: never resolves) fails with mcp_list_tools.failed."""
+        servers = [t for t in self.config.get("tools") or [] if t.get("type") == "mcp"]
+        labels = {server["server_label"] for server in servers}
+        for label in set(self._mcp_servers) - labels:
+            del self._mcp_servers[label]
+        for server in servers:
+            label = server["server_label"]
+            allowed = tuple(server.get("allowed_tools") or ())
+            key = (server["server_url"], allowed)
+            if label in self._mcp_servers and self._mcp_servers[label][0] == key:
+                continue
+            item_id = self.ids.new("item")
+            previous = self._last_item_id()
+            record = ItemRecord(p.mcp_list_tools_item(item_id, label, []))
+            self._remember(item_id, record)
+            await self._send(
+                {
+                    "type": "conversation.item.created",
+                    "previous_item_id": previous,
+                    "item": record.item,
+                }
+            )
+            await self._send({"type": "mcp_list_tools.in_progress", "item_id": item_id})
+            if (urlsplit(server["server_url"]).hostname or "").endswith(".invalid"):
+                self._mcp_servers[label] = (key, ())
+                await self._send({"type": "mcp_list_tools.failed", "item_id": item_id})
+                continue
+            names = allowed or DEFAULT_MCP_TOOLS
+            record.item = p.mcp_list_tools_item(
+                item_id,
+                label,
+                [
+                    {
+                        "name": name,
+                        "description": f"{name} on {label} (emulated)",
+                        "input_schema": {"type": "object", "properties": {}},
+                    }
+                    for name in names
+                ],
+            )
+            self._mcp_servers[label] = (key, names)
+            await self._send({"type": "mcp_list_tools.completed", "item_id": item_id})
+
+    def _tool_calls(self, text: str) -> tuple[PlannedCall, ...]:
+        """The calls a typed message asks for: it starts with a tool's name (see
+        parse_tool_request). Nothing unless the session has tools and its tool_choice is
+        not "none"; an MCP tool only once its server's tools are listed."""
+        tools = self.config.get("tools") or []
+        if not tools or self.config.get("tool_choice") == "none":
+            return ()
+        functions = {t["name"] for t in tools if t.get("type") == "function"}
+        servers = {t["server_label"]: t for t in tools if t.get("type") == "mcp"}
+        mcp: dict[str, str] = {}  # tool name -> server label (the first server wins)
+        for label in servers:
+            for name in self._mcp_servers.get(label, ((), ()))[1]:
+                mcp.setdefault(name, label)
+        calls = []
+        for name, arguments in parse_tool_request(text, functions | set(mcp)):
+            if name in functions:
+                calls.append(PlannedCall("function_call", name, arguments))
+                continue
+            label = mcp[name]
+            asks = p.needs_approval(servers[label], name)
+            kind: ToolItemKind = "mcp_approval_request" if asks else "mcp_call"
+            calls.append(PlannedCall(kind, name, arguments, label))
+        return tuple(calls)
 
     # --- input audio -----------------------------------------------------------------------
 
@@ -430,7 +565,9 @@ class EmulatorSession:
         await self._send(
             {"type": "conversation.item.created", "previous_item_id": previous, "item": item}
         )
-        self._pending = Answer(audio=audio)
+        after_speech = self.get_options().call_tool_after_speech
+        calls = self._tool_calls(after_speech) if after_speech else ()
+        self._pending = Answer(audio=audio, calls=calls)
         log.debug("emulator.turn", item_id=item_id, audio_ms=bytes_to_ms(len(audio)))
         if self.config.get("input_audio_transcription") is not None:
             events = self._transcription_events(item_id, audio)
@@ -514,11 +651,12 @@ class EmulatorSession:
                 "previous_item_id",
             )
         kind = item.get("type")
-        if kind not in ("message", "function_call", "function_call_output"):
+        if kind not in CREATABLE_ITEMS:
             raise p.ProtocolError(
                 p.ERR_INVALID_VALUE,
-                f"Invalid value: {kind!r}. Supported values are: 'message', 'function_call', "
-                "'function_call_output'.",
+                f"Invalid value: {kind!r}. Supported values are: "
+                + ", ".join(f"'{k}'" for k in CREATABLE_ITEMS)
+                + ".",
                 "item.type",
             )
         item_id = item.get("id") or self.ids.new("item")
@@ -527,6 +665,7 @@ class EmulatorSession:
                 p.ERR_INVALID_VALUE, f"Item id {item_id!r} is invalid or already used.", "item.id"
             )
         answer: Answer | None = None
+        approval: tuple[PlannedCall, bool] | None = None
         stored: JSON = {**item, "id": item_id, "object": "realtime.item", "status": "completed"}
         if kind == "message":
             role = item.get("role")
@@ -557,9 +696,67 @@ class EmulatorSession:
                 if part.get("type") == "input_text" and role == "user":
                     text = part.get("text")
                     if isinstance(text, str):
-                        answer = Answer(text=text)
+                        answer = Answer(text=text, calls=self._tool_calls(text))
                 parts.append(dict(part))
             stored["content"] = parts
+        elif kind == "function_call":
+            # SDK FunctionCallItem: name, call_id and arguments are required.
+            for key in ("name", "call_id", "arguments"):
+                _require_string(item, key)
+            stored["status"] = item.get("status") or "completed"
+        elif kind == "function_call_output":
+            call_id = _require_string(item, "call_id")
+            output = _require_string(item, "output")
+            if not any(
+                r.item.get("type") == "function_call" and r.item.get("call_id") == call_id
+                for r in self._items.values()
+            ):
+                raise p.ProtocolError(
+                    p.ERR_INVALID_TOOL_CALL_ID,
+                    f"Tool call ID '{call_id}' not found in conversation.",
+                )
+            # ResponseFunctionCallOutputItem has no status.
+            stored = {
+                "id": item_id,
+                "object": "realtime.item",
+                "type": kind,
+                "call_id": call_id,
+                "output": output,
+            }
+            reply = self._pending.reply if self._pending is not None else ()
+            answer = Answer(reply=(*reply, f"The tool said: {output}"))
+        else:  # mcp_approval_response (SDK MCPApprovalResponseRequestItem)
+            request_id = _require_string(item, "approval_request_id")
+            approve = item.get("approve")
+            if not isinstance(approve, bool):
+                raise p.ProtocolError(
+                    p.ERR_MISSING_PARAMETER,
+                    "Missing required boolean parameter: 'approve'.",
+                    "item.approve",
+                )
+            call = self._approvals.pop(request_id, None)
+            if call is None:
+                # The service's code for this is not documented; the emulator refuses an
+                # answer to no (or an already answered) approval request as an invalid value.
+                raise p.ProtocolError(
+                    p.ERR_INVALID_VALUE,
+                    f"No pending MCP approval request '{request_id}' in the conversation.",
+                    "item.approval_request_id",
+                )
+            # ResponseMCPApprovalResponseItem has no status.
+            stored = {
+                "id": item_id,
+                "object": "realtime.item",
+                "type": kind,
+                "approval_request_id": request_id,
+                "approve": approve,
+            }
+            if isinstance(item.get("reason"), str):
+                stored["reason"] = item["reason"]
+            approval = (
+                attrs.evolve(call, kind="mcp_call", approval_request_id=request_id),
+                approve,
+            )
         self._remember(item_id, ItemRecord(stored))
         if answer is not None:
             self._pending = answer
@@ -572,6 +769,16 @@ class EmulatorSession:
                 "item": stored,
             }
         )
+        if approval is not None:
+            call, approved = approval
+            log.info("emulator.mcp_approval", tool=call.name, approved=approved)
+            if approved:
+                # The service runs the approved call in a response of its own (the SDK's
+                # MCP sample sends nothing after the approval but waits for mcp_call).
+                self._pending = Answer(calls=(call,))
+                await self._request_response(tuple(self.config["modalities"]), automatic=True)
+            else:
+                self._pending = Answer(reply=(f"The call to {call.name} was not approved.",))
 
     def _previous_of(self, item_id: str) -> str | None:
         keys = list(self._items)
@@ -656,8 +863,15 @@ class EmulatorSession:
 
     def _plan(self, modalities: tuple[str, ...]) -> ResponsePlan:
         answer, self._pending = self._pending, None
+        if answer is not None and answer.calls:
+            in_ms = bytes_to_ms(len(answer.audio))
+            return ResponsePlan(b"", "", modalities, in_ms, answer.text, calls=answer.calls)
         if answer is None:
             transcript, audio, in_ms, in_text = GREETING_TRANSCRIPT, greeting_audio(), 0, ""
+        elif answer.reply:
+            in_ms, in_text = 0, ""
+            transcript = " ".join(answer.reply)
+            audio = speech_like_audio(transcript) if "audio" in modalities else b""
         elif answer.audio:
             in_ms = bytes_to_ms(len(answer.audio))
             transcript = (
@@ -693,6 +907,9 @@ class EmulatorSession:
     async def _start_response(self, plan: ResponsePlan) -> None:
         # The opening events are sent before the player task exists, so a response.cancel
         # that follows at once always finds a response the client has heard of.
+        if plan.calls:
+            await self._start_tool_response(plan)
+            return
         response_id = self.ids.new("resp")
         item_id = self.ids.new("item")
         modalities = list(plan.modalities)
@@ -823,7 +1040,202 @@ class EmulatorSession:
             return
         if active.task is not None:
             await _cancel_and_wait(active.task)
-        await self._finish(active, "cancelled", {"type": "cancelled", "reason": reason})
+        details = {"type": "cancelled", "reason": reason}
+        if isinstance(active, ToolResponse):
+            await self._finish_tools(active, "cancelled", details)
+        else:
+            await self._finish(active, "cancelled", details)
+
+    # --- responses that call tools -------------------------------------------------------
+    # The OpenAI Realtime / Voice Live function-calling flow (reference 2026-07-15,
+    # "response.function_call_arguments.delta/done"; SDK ServerEventResponseFunctionCall*):
+    # response.created; per call response.output_item.added (a function_call item with
+    # empty arguments), conversation.item.created, the arguments in deltas, .done (with
+    # call_id and name), response.output_item.done; then response.done whose output holds
+    # every call. MCP calls (how-to-voice-live-mcp-server; SDK ServerEventResponseMcpCall*)
+    # stream response.mcp_call_arguments.*, then response.mcp_call.in_progress/.completed.
+
+    async def _start_tool_response(self, plan: ResponsePlan) -> None:
+        response_id = self.ids.new("resp")
+        active = ToolResponse(response_id, plan)
+        self._active = active
+        self.responses += 1
+        await self._send(
+            {
+                "type": "response.created",
+                "response": p.response_object(
+                    response_id, "in_progress", self.config, list(plan.modalities)
+                ),
+            }
+        )
+        if self._held_transcripts:
+            held, self._held_transcripts = self._held_transcripts, []
+            await self._send_all(held)
+        if not self._closed:
+            active.task = asyncio.create_task(
+                self._play_tools(active), name=f"emulator-{response_id}"
+            )
+
+    def _tool_item(
+        self, state: ToolItem, arguments: str, *, done: bool, output: str | None
+    ) -> JSON:
+        call = state.call
+        if call.kind == "function_call":
+            status = "completed" if done else "in_progress"
+            return p.function_call_item(state.item_id, state.call_id, call.name, arguments, status)
+        assert call.server_label is not None
+        if call.kind == "mcp_approval_request":
+            return p.mcp_approval_request_item(
+                state.item_id, call.server_label, call.name, call.arguments
+            )
+        return p.mcp_call_item(
+            state.item_id,
+            call.server_label,
+            call.name,
+            arguments,
+            approval_request_id=call.approval_request_id,
+            output=output,
+        )
+
+    async def _play_tools(self, active: ToolResponse) -> None:
+        """Add and stream each call of the response, then finish it (the player task).
+        Tool responses always complete: ``response_outcome`` shapes spoken ones only."""
+        realtime = self.get_options().realtime
+        response_id = active.response_id
+        for index, call in enumerate(active.plan.calls):
+            item_id = self.ids.new("item")
+            call_id = self.ids.new("call") if call.kind == "function_call" else ""
+            state = ToolItem(call, item_id, call_id, ItemRecord({}))
+            arguments = "" if call.kind != "mcp_approval_request" else call.arguments
+            state.record.item = self._tool_item(state, arguments, done=False, output=None)
+            previous = self._last_item_id()
+            self._remember(item_id, state.record)
+            active.items.append(state)
+            item = state.record.item
+            await self._send(
+                {
+                    "type": "response.output_item.added",
+                    "response_id": response_id,
+                    "output_index": index,
+                    "item": item,
+                }
+            )
+            await self._send(
+                {"type": "conversation.item.created", "previous_item_id": previous, "item": item}
+            )
+            if call.kind != "mcp_approval_request":
+                kind = (
+                    "response.function_call_arguments.delta"
+                    if call.kind == "function_call"
+                    else "response.mcp_call_arguments.delta"
+                )
+                step = ARGUMENTS_CHUNK_CHARS
+                for start in range(0, len(call.arguments), step):
+                    if realtime:
+                        await asyncio.sleep(ARGUMENTS_DELTA_S)
+                    delta = call.arguments[start : start + step]
+                    state.arguments_sent += len(delta)
+                    event: JSON = {
+                        "type": kind,
+                        "response_id": response_id,
+                        "item_id": item_id,
+                        "output_index": index,
+                        "delta": delta,
+                    }
+                    if call.kind == "function_call":
+                        event["call_id"] = call_id
+                    await self._send(event)
+            await self._close_tool_item(active, index, state, completed=True)
+        async with self._lock:
+            await self._finish_tools(active, "completed", None)
+
+    async def _close_tool_item(
+        self, active: ToolResponse, index: int, state: ToolItem, *, completed: bool
+    ) -> None:
+        """The closing events of one call: its arguments done (cut short when the response
+        was cancelled: ".done is also emitted when a Response is interrupted"), for MCP the
+        call itself, and response.output_item.done."""
+        state.done = True
+        call = state.call
+        arguments = call.arguments if completed else call.arguments[: state.arguments_sent]
+        ids = {"response_id": active.response_id, "item_id": state.item_id, "output_index": index}
+        output: str | None = None
+        if call.kind == "function_call":
+            await self._send(
+                {
+                    "type": "response.function_call_arguments.done",
+                    **ids,
+                    "call_id": state.call_id,
+                    "name": call.name,
+                    "arguments": arguments,
+                }
+            )
+        elif call.kind == "mcp_call":
+            await self._send(
+                {"type": "response.mcp_call_arguments.done", **ids, "arguments": arguments}
+            )
+            if completed:
+                where = {"item_id": state.item_id, "output_index": index}
+                await self._send({"type": "response.mcp_call.in_progress", **where})
+                output = orjson.dumps(
+                    {"result": f"emulated answer of {call.name} on {call.server_label}"}
+                ).decode()
+                await self._send({"type": "response.mcp_call.completed", **where})
+        elif completed:
+            self._approvals[state.item_id] = call
+        item = self._tool_item(state, arguments, done=True, output=output)
+        if call.kind == "function_call" and not completed:
+            item["status"] = "incomplete"
+        state.record.item = item
+        await self._send(
+            {
+                "type": "response.output_item.done",
+                "response_id": active.response_id,
+                "output_index": index,
+                "item": item,
+            }
+        )
+
+    async def _finish_tools(self, active: ToolResponse, status: str, details: JSON | None) -> None:
+        """Close the calls still open and the response; start the next queued one. The
+        outputs of completed MCP calls are what the next response speaks about."""
+        if self._active is active:
+            self._active = None
+        for index, state in enumerate(active.items):
+            if not state.done:
+                await self._close_tool_item(active, index, state, completed=False)
+        items = [state.record.item for state in active.items]
+        outputs = [
+            f"The tool said: {item['output']}"
+            for item in items
+            if item["type"] == "mcp_call" and item.get("output") is not None
+        ]
+        if outputs:
+            self._pending = Answer(reply=tuple(outputs))
+        plan = active.plan
+        written = "".join(item.get("arguments") or "" for item in items)
+        await self._send(
+            {
+                "type": "response.done",
+                "response": p.response_object(
+                    active.response_id,
+                    status,
+                    self.config,
+                    list(plan.modalities),
+                    output=items,
+                    status_details=details,
+                    usage=p.usage(plan.input_audio_ms, plan.input_text, 0, written),
+                ),
+            }
+        )
+        log.debug(
+            "emulator.response_done",
+            response_id=active.response_id,
+            status=status,
+            calls=len(items),
+        )
+        if self._queued and not self._closed:
+            await self._start_response(self._queued.popleft())
 
     async def _finish(self, active: ActiveResponse, status: str, details: JSON | None) -> None:
         """Close the response's item, part and the response itself; start the next queued one."""
@@ -889,6 +1301,58 @@ class EmulatorSession:
             "output_audio_buffer.clear": _on_output_clear,
         }
     )
+
+
+#: The items a client may create (SDK: ConversationRequestItem's sub-classes this emulator
+#: implements).
+CREATABLE_ITEMS = ("message", "function_call", "function_call_output", "mcp_approval_response")
+_TOOL_NAME_AT = re.compile(r"\s*([A-Za-z0-9_-]{1,64})")
+_JSON = json.JSONDecoder()
+
+
+def parse_tool_request(text: str, names: set[str] | frozenset[str]) -> list[tuple[str, str]]:
+    """The tool calls a typed message asks for: ``name {json}``, several joined by ``;``.
+
+    Each call is a tool's name, then its arguments as written: a JSON object (kept
+    verbatim), or else the text up to the next ``;`` (so a test can send arguments that
+    are not JSON). Nothing when the message does not start with one of ``names``; parsing
+    stops at the first part that names no tool.
+    """
+    calls: list[tuple[str, str]] = []
+    pos = 0
+    while True:
+        match = _TOOL_NAME_AT.match(text, pos)
+        if match is None or match.group(1) not in names:
+            return calls
+        end = match.end()
+        if end < len(text) and not (text[end].isspace() or text[end] in "{;"):
+            return calls  # a longer word that merely starts with a tool's name
+        pos = end
+        while pos < len(text) and text[pos].isspace():
+            pos += 1
+        try:
+            if text[pos : pos + 1] != "{":
+                raise ValueError
+            _, stop = _JSON.raw_decode(text, pos)
+        except ValueError:
+            stop = text.find(";", pos)
+            stop = len(text) if stop < 0 else stop
+        calls.append((match.group(1), text[pos:stop].strip()))
+        pos = stop
+        while pos < len(text) and text[pos].isspace():
+            pos += 1
+        if text[pos : pos + 1] != ";":
+            return calls
+        pos += 1
+
+
+def _require_string(item: Mapping[str, Any], key: str) -> str:
+    value = item.get(key)
+    if not isinstance(value, str):
+        raise p.ProtocolError(
+            p.ERR_MISSING_PARAMETER, f"Missing required parameter: 'item.{key}'.", f"item.{key}"
+        )
+    return value
 
 
 def _part(plan: ResponsePlan, transcript: str) -> JSON:

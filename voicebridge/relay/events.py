@@ -86,6 +86,7 @@ class ResponseDone:
     status: str | None = None  # completed, cancelled, failed, incomplete
     reason: str | None = None  # incomplete: max_output_tokens, content_filter; failed: error
     usage: dict[str, Any] | None = None  # token counts (ResponseUsage in the SDK's models)
+    mcp_answered: bool = False  # its output holds an MCP call with a result to speak about
 
 
 @attrs.frozen
@@ -119,6 +120,15 @@ class FunctionCall:
 
 
 @attrs.frozen
+class McpApprovalRequest:
+    """Voice Live asks whether the agent may call a service-side MCP tool."""
+
+    item_id: str
+    server_label: str
+    name: str
+
+
+@attrs.frozen
 class TranscriptionFailed:
     item_id: str | None
     message: str
@@ -141,6 +151,7 @@ UpstreamEvent = (
     | AgentTranscriptDelta
     | TranscriptionFailed
     | FunctionCall
+    | McpApprovalRequest
 )
 
 _SPEECH_STARTED = SpeechStarted()
@@ -232,12 +243,28 @@ def _response_done(event: dict[str, Any]) -> ResponseDone:
     if reason is None and isinstance(details.get("error"), dict):
         reason = details["error"].get("message") or details["error"].get("code")
     usage = response.get("usage")
+    output = response.get("output")
+    mcp_answered = isinstance(output, list) and any(
+        isinstance(item, dict) and item.get("type") == "mcp_call" and item.get("output") is not None
+        for item in output
+    )
     return ResponseDone(
         _opt_str(response, "id"),
         _opt_str(response, "status"),
         None if reason is None else str(reason)[:200],
         usage if isinstance(usage, dict) else None,
+        mcp_answered,
     )
+
+
+def _output_item_done(event: dict[str, Any]) -> McpApprovalRequest | None:
+    item = _object(event, "item")
+    if item.get("type") != "mcp_approval_request":
+        return None  # the relay needs nothing else from a finished item
+    item_id = _opt_str(item, "id")
+    if not item_id:
+        raise BadUpstreamEvent("mcp_approval_request without an id")
+    return McpApprovalRequest(item_id, _text(item, "server_label"), _text(item, "name"))
 
 
 def _function_call(event: dict[str, Any]) -> FunctionCall:
@@ -279,7 +306,7 @@ def _error(event: dict[str, Any]) -> ServiceError:
     )
 
 
-_PARSERS: dict[str, Callable[[dict[str, Any]], UpstreamEvent]] = {
+_PARSERS: dict[str, Callable[[dict[str, Any]], UpstreamEvent | None]] = {
     "session.created": _session_created,
     "session.updated": _session_updated,
     "input_audio_buffer.speech_started": lambda e: _SPEECH_STARTED,
@@ -296,6 +323,7 @@ _PARSERS: dict[str, Callable[[dict[str, Any]], UpstreamEvent]] = {
     "response.done": _response_done,
     "warning": _warning,
     "response.function_call_arguments.done": _function_call,
+    "response.output_item.done": _output_item_done,
     "conversation.item.input_audio_transcription.failed": _transcription_failed,
     "response.audio_transcript.delta": lambda e: AgentTranscriptDelta(
         _text(e, "delta"), _opt_str(e, "response_id")

@@ -147,6 +147,7 @@ class Session(ContinuityMixin):
         self._audio_out = AppendCoalescer(MIN_APPEND_MS * BYTES_PER_MS)
         self._first_input_at: float | None = None
         self._answer_owed = False  # a response.create sent, its response.created not seen
+        self._mcp_denied = False  # an MCP call was refused: the agent should say so
         self._tasks: asyncio.TaskGroup | None = None  # the relay's group, for tool calls
         self._tools = (
             None
@@ -587,6 +588,7 @@ class Session(ContinuityMixin):
             ev.AgentTranscriptDelta: self._on_transcript_delta,
             ev.TranscriptionFailed: self._on_transcription_failed,
             ev.FunctionCall: self._on_function_call,
+            ev.McpApprovalRequest: self._on_mcp_approval,
         }
 
     async def _on_session_created(self, event: ev.SessionCreated) -> None:
@@ -704,8 +706,29 @@ class Session(ContinuityMixin):
             self._record.tool(call.call_id, call.name, call.arguments, _NO_TOOLS)
             await self._link.send(_output_item(call.call_id, _NO_TOOLS))
             return
-        assert self._tasks is not None
-        self._tools.start(self._tasks, event.response_id, call)
+        self._tools.requested(event.response_id, call)
+
+    async def _on_mcp_approval(self, event: ev.McpApprovalRequest) -> None:
+        """Voice Live asks to call an MCP tool: the operator's policy answers, never the
+        client. A denial is followed by a response so the agent can say it could not."""
+        toolbox = None if self._tools is None else self._tools.toolbox
+        approve = toolbox is not None and toolbox.approve_mcp(event.server_label, event.name)
+        log.info(
+            "session.mcp_approval", server=event.server_label, tool=event.name, approve=approve
+        )
+        await self._link.send(
+            {
+                "type": "conversation.item.create",
+                "item": {
+                    "type": "mcp_approval_response",
+                    "approval_request_id": event.item_id,
+                    "approve": approve,
+                },
+            }
+        )
+        if not approve:
+            self._answer_owed = True
+            self._mcp_denied = True
 
     async def _answer_tools(self, response_id: str | None) -> None:
         """Once a response that called tools is done: the outputs, then the next answer."""
@@ -778,6 +801,11 @@ class Session(ContinuityMixin):
         self._send_text(protocol.transcript("agent_text", event.text))
 
     async def _on_response_done(self, event: ev.ResponseDone) -> None:
+        if event.mcp_answered or self._mcp_denied:
+            # The service ran an MCP tool (or was refused one): the agent speaks about it.
+            self._mcp_denied = False
+            self._answer_owed = True
+            await self._link.send({"type": "response.create"}, hold=True)
         if event.usage is not None:
             self.calls.usage(event.response_id, event.usage)
         if event.status == "failed":
@@ -790,9 +818,11 @@ class Session(ContinuityMixin):
                 f"the answer was cut short ({event.reason or 'no reason given'})",
                 errors.ERR_RESPONSE_INCOMPLETE,
             )
-        if self._tools is not None and self._tools.has_pending(event.response_id):
+        if self._tools is not None:
             assert self._tasks is not None
-            self._tasks.create_task(self._answer_tools(event.response_id), name="tool_answers")
+            completed = event.status in (None, "completed")
+            if self._tools.start(self._tasks, event.response_id, completed):
+                self._tasks.create_task(self._answer_tools(event.response_id), name="tool_answers")
         if not self.turns.response_done(event.response_id):
             return  # an older response ending changes nothing the client sees now
         self._turn_over.set()

@@ -1,6 +1,8 @@
 """The model's function calls in one session: run them, tell the client, answer the model.
 
-The service streams a call's arguments and ends the response; the relay runs each call
+The service streams a call's arguments and ends the response; once the response has
+completed (not cancelled by a barge-in: its arguments would be cut short), the relay runs
+each call
 (concurrently, up to the toolbox's limit, each with its own timeout, never raising: a
 failure is an error output the model can apologise for), and once that response is done
 and every call of it has an outcome, sends the outputs as ``function_call_output`` items.
@@ -72,18 +74,28 @@ class ToolCalls:
         self._send_client = send_client
         self._metrics = metrics
         self._limit = asyncio.Semaphore(max(1, toolbox.max_concurrent))
+        self._requested: dict[str | None, list[ToolCall]] = {}
         self._pending: dict[str | None, list[tuple[ToolCall, asyncio.Task[ToolOutcome]]]] = {}
         self.count = 0
 
-    def start(self, tasks: asyncio.TaskGroup, response_id: str | None, call: ToolCall) -> None:
-        """Run ``call`` in the session's task group; its outcome waits for the response."""
-        self.count += 1
-        self._send_client(tool_message(call, "started", show_arguments=self.show_arguments))
-        task = tasks.create_task(self._run(call), name=f"tool-{call.name}")
-        self._pending.setdefault(response_id, []).append((call, task))
+    def requested(self, response_id: str | None, call: ToolCall) -> None:
+        """The model asked for ``call``; it runs only if its response completes (a
+        response cut by a barge-in leaves its arguments cut short too)."""
+        self._requested.setdefault(response_id, []).append(call)
 
-    def has_pending(self, response_id: str | None) -> bool:
-        return bool(self._pending.get(response_id))
+    def start(self, tasks: asyncio.TaskGroup, response_id: str | None, completed: bool) -> bool:
+        """The response is done: run its calls (if it completed); True if any started."""
+        calls = self._requested.pop(response_id, [])
+        if not completed:
+            if calls:
+                log.info("session.tool_calls_dropped", calls=len(calls), reason="not completed")
+            return False
+        for call in calls:
+            self.count += 1
+            self._send_client(tool_message(call, "started", show_arguments=self.show_arguments))
+            task = tasks.create_task(self._run(call), name=f"tool-{call.name}")
+            self._pending.setdefault(response_id, []).append((call, task))
+        return bool(calls)
 
     async def outcomes(self, response_id: str | None) -> list[tuple[ToolCall, ToolOutcome]]:
         """Every call ``response_id`` made with its outcome, in the order they were made."""

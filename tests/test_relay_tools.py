@@ -1,0 +1,144 @@
+"""Tools through the whole relay: the emulator calls them, the bridge runs and answers."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, MakeClient, StartEmulator, relay_settings
+from tests.voice_client import started
+
+TOOLS = """
+[builtins]
+end_call = true
+
+[[tool]]
+name = "lookup"
+description = "Look a thing up."
+kind = "python"
+function = "relaytools.py:lookup"
+timeout_s = 2
+[tool.parameters]
+type = "object"
+required = ["name"]
+additionalProperties = false
+properties.name = { type = "string", minLength = 2 }
+
+[[tool]]
+name = "slow"
+description = "Takes its time."
+kind = "python"
+function = "relaytools.py:slow"
+timeout_s = 0.3
+[tool.parameters]
+type = "object"
+properties.name = { type = "string" }
+"""
+
+PY = """
+import asyncio
+
+async def lookup(args, ctx):
+    return {"found": args["name"], "in_stock": 3}
+
+async def slow(args, ctx):
+    await asyncio.sleep(10)
+"""
+
+
+@pytest.fixture
+def tools_file(tmp_path: Path) -> Path:
+    (tmp_path / "relaytools.py").write_text(textwrap.dedent(PY))
+    path = tmp_path / "tools.toml"
+    path.write_text(textwrap.dedent(TOOLS))
+    return path
+
+
+async def test_a_tool_call_is_run_and_answered(
+    start_emu: StartEmulator, make_client: MakeClient, tools_file: Path
+) -> None:
+    """A typed request makes the agent call a tool; the client sees it; the answer uses it."""
+    emu = await start_emu()
+    client = await make_client(relay_settings(emu, TOOLS_FILE=str(tools_file)))
+    voice = await started(client)
+    await voice.ws.send_json({"type": "text", "text": 'lookup {"name": "headset"}'})
+    answer = await voice.until_type("agent_transcript", timeout=20)
+    assert "headset" in answer["text"] and "in_stock" in answer["text"]
+    tool = [m for m in voice.messages("tool")]
+    assert [m["status"] for m in tool] == ["started", "done"]
+    assert tool[0]["name"] == "lookup" and "arguments" not in tool[0]
+    assert isinstance(tool[1]["duration_ms"], int)
+    assert not voice.messages("error")
+    config = emu.last_session_config()
+    assert config is not None and {t["name"] for t in config["tools"]} >= {"lookup", "end_call"}
+
+
+async def test_bad_arguments_and_timeouts_are_error_outputs(
+    start_emu: StartEmulator, make_client: MakeClient, tools_file: Path
+) -> None:
+    """Two calls in one response, one with bad arguments and one timing out: both answered."""
+    emu = await start_emu()
+    client = await make_client(relay_settings(emu, TOOLS_FILE=str(tools_file)))
+    voice = await started(client)
+    await voice.ws.send_json({"type": "text", "text": 'lookup {"name": 7} ; slow {}'})
+    answer = await voice.until_type("agent_transcript", timeout=20)
+    assert answer["text"].count("The tool said") == 2
+    assert "error" in answer["text"]
+    statuses = {m["name"]: m["status"] for m in voice.messages("tool") if m["status"] != "started"}
+    assert statuses == {"lookup": "failed", "slow": "failed"}
+    failed = {m["name"]: m.get("error", "") for m in voice.messages("tool")}
+    assert "timed out" in failed["slow"]
+
+
+async def test_end_call_ends_the_call_politely(
+    start_emu: StartEmulator, make_client: MakeClient, tools_file: Path
+) -> None:
+    """The agent's end_call ends the session with status ended, agent_ended, close 1000."""
+    emu = await start_emu()
+    client = await make_client(relay_settings(emu, TOOLS_FILE=str(tools_file)))
+    voice = await started(client)
+    await voice.ws.send_json({"type": "text", "text": "end_call {}"})
+    ended = await voice.until_type("status", status="ended", timeout=20)
+    assert ended["code"] == "agent_ended"
+    assert await voice.until_closed() == 1000
+
+
+async def test_client_cannot_call_or_answer_a_tool(
+    start_emu: StartEmulator, make_client: MakeClient, tools_file: Path
+) -> None:
+    """A client's tool message or raw function output is refused; nothing reaches Voice Live."""
+    emu = await start_emu()
+    client = await make_client(relay_settings(emu, TOOLS_FILE=str(tools_file)))
+    voice = await started(client)
+    before = emu.events_received
+    await voice.ws.send_json({"type": "tool", "name": "lookup", "call_id": "x"})
+    await voice.ws.send_json({"type": "function_call_output", "call_id": "x", "output": "{}"})
+    await voice.ws.send_json({"type": "ping"})
+    await voice.until_type("pong")
+    codes = [m["code"] for m in voice.messages("error")]
+    assert codes == ["unknown_type", "unknown_type"]
+    assert emu.events_received == before
+
+
+async def test_the_telesales_example_books_a_callback(
+    start_emu: StartEmulator, make_client: MakeClient, tmp_path: Path
+) -> None:
+    """The shipped example end to end: schedule_callback writes a row to its SQLite store."""
+    example = ROOT / "examples" / "telesales"
+    emu = await start_emu()
+    client = await make_client(relay_settings(emu, TOOLS_FILE=str(example / "tools.toml")))
+    voice = await started(client)
+    args = '{"phone": "07700 900123", "call_at": "2026-12-01T15:00:00+00:00"}'
+    await voice.ws.send_json({"type": "text", "text": f"schedule_callback {args}"})
+    await voice.until_type("agent_transcript", timeout=20)
+    done = [m for m in voice.messages("tool") if m["status"] != "started"]
+    assert done and done[0]["status"] == "done", voice.messages("tool")
+    store = example / "telesales.sqlite3"
+    rows = await asyncio.to_thread(
+        lambda: sqlite3.connect(store).execute("SELECT count(*) FROM callbacks").fetchone()
+    )
+    assert rows[0] >= 1
