@@ -88,6 +88,11 @@ SERVER_MESSAGES = [
         "audio frame; the binary frames after it belong to that response",
     ),
     ("text", '{"type": "clear_audio"} : barge-in: stop playback now and drop queued agent audio'),
+    (
+        "text",
+        '{"type": "tool", "name": "...", "call_id": "...", "status": "started|done|failed", '
+        '"duration_ms": N} : the agent is using one of the operator\'s tools',
+    ),
     ("text", '{"type": "error", "message": "...", "code": "..."}'),
     ("text", '{"type": "pong"}'),
 ]
