@@ -1036,3 +1036,37 @@ async def test_reconnect_follows_the_error_table(server: ServerProcess, silence_
                 "the client to stop",
             )
     assert outcomes == [want for _, _, want in RECONNECT_CASES]
+
+
+async def test_tool_activity_line_and_answer(tmp_path: Path, silence_wav: Path) -> None:
+    """A typed request that makes the agent use a tool shows its activity line, then the
+    answer that uses the tool's output."""
+    example = Path(__file__).resolve().parent.parent / "examples" / "telesales" / "tools.toml"
+    server = await _start_server(tmp_path, TOOLS_FILE=str(example))
+    try:
+        async with _page(silence_wav, server.url) as page:
+            await page.goto("/")
+            await page.click("#start")
+            await _wait(page, "() => window.voicebridge.client.sessionId !== null", "session")
+            await page.fill("#text-input", 'find_product {"name": "headset"}')
+            await page.click("#send-text")
+            line = page.locator("#transcript .tool-activity")
+            await _wait(
+                page,
+                """() => {
+                    const li = document.querySelector('#transcript .tool-activity');
+                    return li && li.dataset.status === 'done';
+                }""",
+                "the tool activity line",
+            )
+            assert (await line.inner_text()).startswith("Tool find_product: done")
+            answer = page.locator("#transcript .bubble-agent", has_text="The tool said")
+            await _wait(
+                page,
+                """() => [...document.querySelectorAll('#transcript .bubble-agent')]
+                    .some((b) => b.textContent.includes('The tool said'))""",
+                "the answer using the tool",
+            )
+            assert await answer.count() >= 1
+    finally:
+        await server.stop()
