@@ -1038,10 +1038,13 @@ async def test_reconnect_follows_the_error_table(server: ServerProcess, silence_
     assert outcomes == [want for _, _, want in RECONNECT_CASES]
 
 
+_EXAMPLE_TOOLS = Path(__file__).resolve().parent.parent / "examples" / "telesales" / "tools.toml"
+
+
 async def test_tool_activity_line_and_answer(tmp_path: Path, silence_wav: Path) -> None:
     """A typed request that makes the agent use a tool shows its activity line, then the
     answer that uses the tool's output."""
-    example = Path(__file__).resolve().parent.parent / "examples" / "telesales" / "tools.toml"
+    example = _EXAMPLE_TOOLS
     server = await _start_server(tmp_path, TOOLS_FILE=str(example))
     try:
         async with _page(silence_wav, server.url) as page:
