@@ -123,7 +123,7 @@ async def test_connect_to_a_silent_service_times_out_and_leaks_nothing(
             await open_connection(_config(silent.url), 0.2)
     gc.collect()
     # Only the silent server's own ends of the connections remain open.
-    assert _open_fds() == baseline + len(silent.held)
+    assert _open_fds() <= baseline + len(silent.held)
     assert len(silent.held) == 20
     assert loop_complaints == []
 
@@ -138,7 +138,7 @@ async def test_cancelled_connect_leaks_nothing(silent: Silent, loop_complaints: 
         with pytest.raises(asyncio.CancelledError):
             await attempt
     gc.collect()
-    assert _open_fds() == baseline + len(silent.held)
+    assert _open_fds() <= baseline + len(silent.held)
     assert loop_complaints == []
 
 

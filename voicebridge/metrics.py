@@ -39,6 +39,7 @@ VOICE_LIVE_ERROR_CODES: Final = frozenset(
         "item_truncate_invalid_audio_end_ms",
         "emulator_injected_fault",
         "session_expired",
+        "invalid_tool_call_id",
     }
 )
 OTHER_ERROR: Final = "other"

@@ -19,6 +19,8 @@ import builtins
 import contextlib
 import datetime as dt
 import importlib.util
+import sqlite3
+import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -109,9 +111,12 @@ class SqlCallStore:
             # SQLAlchemy, not the driver, begins transactions (see the module docstring).
             dbapi_connection.isolation_level = None
             cursor = dbapi_connection.cursor()
-            for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON"):
-                cursor.execute(f"PRAGMA {pragma}")
-            cursor.close()
+            try:
+                _switch_to_wal(cursor, self.timeout_s)
+                for pragma in ("synchronous=NORMAL", "foreign_keys=ON"):
+                    cursor.execute(f"PRAGMA {pragma}")
+            finally:
+                cursor.close()
 
         @event.listens_for(engine.sync_engine, "begin")
         def _on_begin(conn: Connection) -> None:
@@ -398,3 +403,25 @@ def _conditions(query: CallQuery) -> list[Any]:
         )
         where.append(words.exists())
     return where
+
+
+def _switch_to_wal(cursor: Any, timeout_s: float) -> None:
+    """``PRAGMA journal_mode=WAL``, retried while another connection holds the lock.
+
+    Switching a new database's journal needs an exclusive lock, and SQLite answers
+    "database is locked" at once instead of waiting on the busy timeout when several
+    connections (instances starting together) switch it at the same moment. It happens
+    only while a new database file is set up, so the waits (at most 0.2 s each, bounded by
+    the store's timeout) are short and rare; the connect hook cannot await.
+    """
+    deadline = time.monotonic() + timeout_s
+    delay = 0.01
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
