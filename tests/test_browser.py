@@ -1073,3 +1073,92 @@ async def test_tool_activity_line_and_answer(tmp_path: Path, silence_wav: Path) 
             assert await answer.count() >= 1
     finally:
         await server.stop()
+
+
+_SAW_LIVE = """
+window.__sawLive = false;
+new MutationObserver(() => {
+  if (document.querySelector('#transcript .bubble-agent[data-live="true"]')) {
+    window.__sawLive = true;
+  }
+}).observe(document, { subtree: true, childList: true, attributes: true });
+"""
+
+
+async def test_live_captions_become_the_answer(server: ServerProcess, silence_wav: Path) -> None:
+    """The agent's words appear as captions while it speaks and end as one answer bubble."""
+    async with _page(silence_wav, server.url) as page:
+        await page.add_init_script(_SAW_LIVE)
+        await page.goto("/")
+        await page.click("#start")
+        await _wait(page, "() => window.voicebridge.client.sessionId !== null", "session")
+        message = "Please tell me about the warranty."
+        await page.fill("#text-input", message)
+        await page.click("#send-text")
+        await _wait(
+            page,
+            """(msg) => [...document.querySelectorAll('#transcript .bubble-agent')]
+                .some((b) => !b.dataset.live && b.textContent.includes(msg))""",
+            "the final answer",
+            arg=message,
+        )
+        assert await page.evaluate("() => window.__sawLive")
+        answers = page.locator("#transcript .bubble-agent", has_text=message)
+        assert await answers.count() == 1  # captions and answer are one bubble
+
+
+async def test_failed_answer_is_shown_as_a_message(tmp_path: Path, silence_wav: Path) -> None:
+    """An answer Voice Live could not produce is shown as a message; the call goes on."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, clean_environ
+    from tests.redis_server import free_port
+
+    port = free_port()
+    emulator = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "voicebridge",
+            "emulator",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--api-key",
+            "browser-test-key",
+            "--response-outcome",
+            "failed",
+        ],
+        cwd=ROOT,
+        env=clean_environ(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        server = await ServerProcess(
+            tmp_path,
+            AZURE_OPENAI_ENDPOINT=f"ws://127.0.0.1:{port}",
+            AZURE_OPENAI_KEY="browser-test-key",
+            AZURE_OPENAI_DEPLOYMENT="gpt-realtime",
+            VOICELIVE_BACKEND="azure",
+        ).start()
+        try:
+            async with _page(silence_wav, server.url) as page:
+                await page.goto("/")
+                await page.click("#start")
+                await _wait(page, "() => window.voicebridge.client.sessionId !== null", "session")
+                await page.fill("#text-input", "Hello?")
+                await page.click("#send-text")
+                await _wait(
+                    page,
+                    """() => document.body.innerText.includes('the agent could not answer')""",
+                    "the failure message",
+                )
+                assert await page.evaluate("() => window.voicebridge.client.sessionId !== null")
+        finally:
+            await server.stop()
+    finally:
+        emulator.terminate()
+        emulator.wait(timeout=10)

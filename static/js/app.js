@@ -203,7 +203,38 @@ function appendToTranscript(item, { follow = false } = {}) {
   if (following) pinTranscript();
 }
 
+/** The agent's words as it speaks them: one live bubble per answer. */
+function addCaption({ text, responseId }) {
+  let li = ui.transcript.querySelector('.bubble-agent[data-live="true"]');
+  if (li && responseId && li.dataset.responseId !== responseId) {
+    delete li.dataset.live; // a new answer started; the last one stays as it was
+    li = null;
+  }
+  if (!li) {
+    li = document.createElement('li');
+    li.className = 'bubble bubble-agent';
+    li.dataset.role = 'agent';
+    li.dataset.live = 'true';
+    if (responseId) li.dataset.responseId = responseId;
+    const who = document.createElement('span');
+    who.className = 'who';
+    who.textContent = 'Agent';
+    li.append(who, document.createElement('p'));
+    appendToTranscript(li);
+  }
+  li.querySelector('p').textContent += text;
+  if (following) pinTranscript();
+}
+
 function addBubble({ role, text, source, typedId, delivery }) {
+  const live = role === 'agent' ? ui.transcript.querySelector('.bubble-agent[data-live="true"]') : null;
+  if (live) {
+    // The answer's full transcript replaces its captions (after a barge-in: what was said).
+    delete live.dataset.live;
+    if (source) live.dataset.source = source;
+    live.querySelector('p').textContent = text;
+    return;
+  }
   const li = document.createElement('li');
   li.className = `bubble bubble-${role}`;
   li.dataset.role = role;
@@ -349,6 +380,7 @@ client.addEventListener('status', (e) => {
   showStatus(status, hint);
 });
 client.addEventListener('transcript', (e) => addBubble(e.detail));
+client.addEventListener('caption', (e) => addCaption(e.detail));
 client.addEventListener('tool', (e) => showTool(e.detail));
 client.addEventListener('typed', (e) => markTyped(e.detail));
 const MIC_BLOCKED_HINT = 'This page cannot use the microphone as it was opened; see below.';

@@ -651,7 +651,11 @@ export class VoiceClient extends EventTarget {
         }
         break;
       case 'agent_transcript_delta':
-        break; // captions: the full transcript follows; this page shows that
+        // Live captions while the agent speaks; the full transcript replaces them.
+        if (typeof msg.text === 'string' && msg.text) {
+          this.emit('caption', { text: msg.text, responseId: msg.response_id || null });
+        }
+        break;
       case 'pong': {
         this.pongsReceived += 1;
         const handled = this.typedPending.findIndex((t) => t.ack > this.pongsReceived);
