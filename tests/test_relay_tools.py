@@ -6,8 +6,10 @@ import asyncio
 import sqlite3
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiohttp import web
 
 from tests.conftest import ROOT, MakeClient, StartEmulator, relay_settings
 from tests.voice_client import started
@@ -142,3 +144,84 @@ async def test_the_telesales_example_books_a_callback(
         lambda: sqlite3.connect(store).execute("SELECT count(*) FROM callbacks").fetchone()
     )
     assert rows[0] >= 1
+
+
+MCP_TOOLS = """
+[[tool]]
+kind = "mcp"
+server_label = "crm"
+server_url = "https://mcp.example.com/crm"
+allowed_tools = ["lookup_customer", "delete_customer"]
+require_approval = "always"
+approve = ["lookup_customer"]
+"""
+
+
+@pytest.mark.parametrize(
+    ("request_text", "approved"),
+    [
+        ('lookup_customer {"phone": "07700 900123"}', True),
+        ('delete_customer {"phone": "07700 900123"}', False),
+    ],
+)
+async def test_mcp_approvals_follow_the_operators_policy(
+    start_emu: StartEmulator,
+    make_client: MakeClient,
+    tmp_path: Path,
+    request_text: str,
+    approved: bool,
+) -> None:
+    """Voice Live asks to call an MCP tool: the file's policy answers, and the agent speaks."""
+    path = tmp_path / "tools.toml"
+    path.write_text(textwrap.dedent(MCP_TOOLS))
+    emu = await start_emu()
+    client = await make_client(relay_settings(emu, TOOLS_FILE=str(path)))
+    voice = await started(client)
+    await voice.ws.send_json({"type": "text", "text": request_text})
+    answer = await voice.until_type("agent_transcript", timeout=20)
+    responses = [item for item in emu.conversation() if item.get("type") == "mcp_approval_response"]
+    assert [item["approve"] for item in responses] == [approved]
+    if approved:
+        assert "emulated answer" in answer["text"] or "result" in answer["text"]
+    else:
+        assert "not approved" in answer["text"]
+
+
+async def test_http_tool_through_the_relay(
+    start_emu: StartEmulator, make_client: MakeClient, tmp_path: Path, aiohttp_server: Any
+) -> None:
+    """An http tool: the bridge POSTs the arguments to a real local server; its body is
+    the output the agent speaks about."""
+    received: list[dict[str, Any]] = []
+
+    async def stock(request: web.Request) -> web.Response:
+        received.append(await request.json())
+        return web.json_response({"in_stock": 12})
+
+    app = web.Application()
+    app.router.add_post("/stock", stock)
+    crm = await aiohttp_server(app)
+    path = tmp_path / "tools.toml"
+    path.write_text(
+        textwrap.dedent(
+            f"""
+            [[tool]]
+            name = "stock"
+            description = "How many are in stock."
+            kind = "http"
+            url = "http://127.0.0.1:{crm.port}/stock"
+            timeout_s = 2
+            [tool.parameters]
+            type = "object"
+            required = ["sku"]
+            properties.sku = {{ type = "string" }}
+            """
+        )
+    )
+    emu = await start_emu()
+    client = await make_client(relay_settings(emu, TOOLS_FILE=str(path)))
+    voice = await started(client)
+    await voice.ws.send_json({"type": "text", "text": 'stock {"sku": "HS-100"}'})
+    answer = await voice.until_type("agent_transcript", timeout=20)
+    assert received == [{"sku": "HS-100"}]
+    assert "12" in answer["text"]
