@@ -15,7 +15,12 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from voicebridge.config import ConfigError, mask_url
+from voicebridge.config import (  # the same rules as every setting
+    ConfigError,
+    _parse_float,
+    _parse_int,
+    mask_url,
+)
 
 T = TypeVar("T")
 
@@ -154,20 +159,6 @@ def _parse_redact(raw: str) -> Redaction:
     if value == "numbers":
         return "numbers"
     raise ValueError(f"expected off, numbers or true (numbers and emails), got {raw!r}")
-
-
-def _parse_float(raw: str) -> float:
-    try:
-        return float(raw)
-    except ValueError:
-        raise ValueError(f"expected a number, got {raw!r}") from None
-
-
-def _parse_int(raw: str) -> int:
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValueError(f"expected a whole number, got {raw!r}") from None
 
 
 _PRICE_VARS: Final = {
