@@ -84,8 +84,7 @@ class ContinuityMixin:
             try:
                 new = await self._reconnect(budget)
             except UpstreamClosed as final:
-                self.prom.upstream_reconnects.labels(cause="lost", outcome="failed").inc()
-                self.calls.reconnected("lost", "failed")
+                self._count_switch("lost", "failed", started)
                 raise UpstreamClosed(
                     f"{exc.detail}; no new connection within {budget:g} s ({final.detail})"
                 ) from None
@@ -96,10 +95,7 @@ class ContinuityMixin:
                 await self._link.send({"type": "response.create"}, hold=True)
             await self._link.flush()
             self.stats.reconnects += 1
-            self.prom.upstream_reconnects.labels(cause="lost", outcome="restored").inc()
-            self.calls.reconnected(
-                "lost", "restored", duration_ms=(time.monotonic() - started) * 1000
-            )
+            self._count_switch("lost", "restored", started)
             log.info(
                 "session.upstream_restored",
                 generation=self._link.generation,
@@ -183,7 +179,7 @@ class ContinuityMixin:
                 new = await self._open_upstream(self.settings.upstream_connect_timeout_s)
             except UpstreamClosed as exc:
                 self._link.resume()
-                self.prom.upstream_reconnects.labels(cause="rotation", outcome="failed").inc()
+                self._count_switch("rotation", "failed", started)
                 log.warning("session.rotation_failed", error=exc.detail)
                 await self._link.flush()
                 self._rotate_not_before = time.monotonic() + 5.0
@@ -192,12 +188,14 @@ class ContinuityMixin:
             await self._link.flush()
             await old.close()
             self.stats.rotations += 1
-            self.prom.upstream_reconnects.labels(cause="rotation", outcome="restored").inc()
-            self.calls.reconnected(
-                "rotation", "restored", duration_ms=(time.monotonic() - started) * 1000
-            )
+            self._count_switch("rotation", "restored", started)
             log.info(
                 "session.upstream_rotated",
                 generation=self._link.generation,
                 switch_ms=round((time.monotonic() - started) * 1000),
             )
+
+    def _count_switch(self, cause: str, outcome: str, started: float) -> None:
+        """A connection switch in /metrics and the call record."""
+        self.prom.upstream_reconnects.labels(cause=cause, outcome=outcome).inc()
+        self.calls.reconnected(cause, outcome, duration_ms=(time.monotonic() - started) * 1000)
