@@ -1,4 +1,4 @@
-"""Tests of the load generator (frame bookkeeping, permessage-deflate) and the benchmark page."""
+"""Tests of the load generator: frame bookkeeping, permessage-deflate, the command line."""
 
 from __future__ import annotations
 
@@ -9,14 +9,13 @@ import subprocess
 import sys
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 
 import orjson
 import pytest
 from aiohttp import WSMsgType, web
 
 from tests.conftest import ROOT
-from voicebridge import bench, loadtest
+from voicebridge import loadtest
 from voicebridge.emulator import EmulatorOptions, start_emulator
 from voicebridge.loadtest import HEADER, LoadTestConfig, TargetError
 from voicebridge.loadtest.deflate import TAIL, Codec, DeflateError, parse_answer
@@ -280,7 +279,7 @@ async def test_module_entry_point_prints_one_json_report(serve: Serve) -> None:
     assert report["sessions_held"] == 1
     assert report["sessions_deflate"] == 1
     assert report["frames_lost"] == 0
-    assert b"permessage-deflate  offered, accepted in 1 of 1 sessions" in err
+    assert b"permessage-deflate  offered by 1, accepted in 1 of 1 sessions" in err
 
 
 def test_frame_is_exactly_frame_ms_of_audio() -> None:
@@ -333,91 +332,42 @@ async def test_direct_mode_with_a_wrong_key_counts_a_failed_session() -> None:
     assert list(report.failures) == ["handshake 401"]
 
 
-BASELINE = "bridge (baseline abc1234)"
-
-
-def _bench_run(path: str, sessions: int, **fields: object) -> bench.Run:
-    report: dict[str, object] = {
-        "sessions_held": sessions,
-        "sessions_failed": 0,
-        "frames_sent": 1000,
-        "frames_received": 1000,
-        "frames_lost": 0,
-        "frames_reordered": 0,
-        "frames_duplicated": 0,
-        "rtt_p50_ms": 1.0,
-        "rtt_p95_ms": 2.0,
-        "rtt_p99_ms": 3.0,
-        "rtt_max_ms": 4.0,
-        "loadgen_cpu_pct": 10.0,
-        "loadgen_saturated": False,
-        "send_lag_p99_ms": 0.5,
-        "server_cpu_pct_per_session": 0.2,
-        "server_rss_per_session_bytes": 100_000.0,
-        "deflate_offered": path.endswith(bench.DEFLATE_OFFERED),
-        "sessions_deflate": sessions if path.endswith(bench.DEFLATE_OFFERED) else 0,
-    }
-    report.update(fields)
-    return bench.Run(path=path, sessions=sessions, report=report, other_cores=0.0)
-
-
-def test_bench_judges_each_target_from_this_trees_bridge() -> None:
-    """Targets read this tree's plain bridge rows; the deflate and baseline rows are not judged."""
-    runs = [
-        _bench_run("direct", 50, rtt_p99_ms=3.0),
-        _bench_run(bench.THIS_TREE, 50, rtt_p99_ms=9.5, server_cpu_pct_per_session=0.25),
-        _bench_run(bench.THIS_TREE + bench.DEFLATE_OFFERED, 50, server_cpu_pct_per_session=9.0),
-        _bench_run(BASELINE, 50, rtt_p99_ms=3.0),
-        _bench_run("direct", 200),
-        _bench_run(bench.THIS_TREE, 200, frames_lost=3, server_rss_per_session_bytes=200_000.0),
-        _bench_run(BASELINE, 200, server_rss_per_session_bytes=900_000.0),
-    ]
-    verdicts = {target: (measured, verdict) for target, measured, verdict in bench.targets(runs)}
-    lost, added, cpu, rss = verdicts.values()
-    assert lost == ("3 of 1000", "**not met**")
-    assert added == ("6.50 ms", "**not met**")
-    assert cpu == ("0.250% at 50, 0.200% at 200", "**met**")
-    assert rss == ("200.0 kB at 200", "**met**")
-
-
-def test_bench_page_sets_each_bridge_beside_direct() -> None:
-    """Every bridge row is labelled, says whether deflate was accepted, and gets its added cost."""
-    runs = [
-        _bench_run("direct", 50, rtt_p99_ms=3.0),
-        _bench_run(bench.THIS_TREE, 50, rtt_p99_ms=9.5),
-        _bench_run(bench.THIS_TREE + bench.DEFLATE_OFFERED, 50, rtt_p99_ms=12.0),
-        _bench_run(BASELINE, 50, rtt_p99_ms=4.0),
-    ]
-    config = bench.BenchConfig(
-        sessions=(50,),
-        seconds=20.0,
-        ramp=2.0,
-        frame_ms=20,
-        out=Path("results.md"),
-        baseline=Path("/tmp/vb-base"),
+async def test_a_share_of_the_sessions_offers_deflate(serve: Serve) -> None:
+    """``offer_deflate=0.5``: every other session offers it, and only those speak it."""
+    url = await serve(_checking_echo(True))
+    config = LoadTestConfig(
+        url=url, sessions=4, seconds=0.5, drain=1.0, offer_deflate=0.5, progress=False
     )
-    page = bench.render(config, {"cpu": "test"}, runs)
-    assert "--baseline-src /tmp/vb-base" in page
-    assert "| bridge (this tree) | 50 | - | 50 |" in page
-    assert "| bridge (this tree), deflate offered | 50 | 50 of 50 | 50 |" in page
-    assert "| bridge (this tree) | 50 | 0.00 | 0.00 | 6.50 |" in page
-    assert "| bridge (this tree), deflate offered | 50 | 0.00 | 0.00 | 9.00 |" in page
-    assert f"| {BASELINE} | 50 | 0.00 | 0.00 | 1.00 |" in page
+    report = await loadtest.run(config)
+    assert report.sessions_held == 4
+    assert report.sessions_offering_deflate == 2
+    assert report.sessions_deflate == 2
+    assert report.frames_received == report.frames_sent
 
 
-def test_baseline_must_be_a_checkout_python_imports_the_bridge_from(tmp_path: Path) -> None:
-    """A directory without the package is refused; a checkout is labelled with its commit."""
-    with pytest.raises(bench.BenchError, match="imported from"):
-        bench.baseline_bridge(tmp_path)
-    (tmp_path / "voicebridge").mkdir()
-    (tmp_path / "voicebridge" / "__init__.py").write_text("")
-    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
-    subprocess.run([*git, "init", "-q"], check=True)
-    subprocess.run([*git, "add", "."], check=True)
-    subprocess.run([*git, "commit", "-qm", "baseline"], check=True)
-    commit = subprocess.run(
-        [*git, "rev-parse", "--short", "HEAD"], check=True, capture_output=True, text=True
-    ).stdout.strip()
-    bridge = bench.baseline_bridge(tmp_path)
-    assert bridge.label == f"bridge (baseline {commit})"
-    assert bridge.src == tmp_path.resolve()
+async def test_url_and_direct_together_report_both_and_what_the_bridge_adds(
+    serve: Serve,
+) -> None:
+    """Both targets: a direct run, then a bridge run, and the bridge's figures minus direct's."""
+    url = await serve(_checking_echo(False))
+    emulator = await start_emulator(
+        EmulatorOptions(api_key="bench-key", mirror=True, realtime=False), "127.0.0.1", 0
+    )
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *[sys.executable, "-m", "voicebridge.loadtest", "--url", url, "--seconds", "0.5"],
+            *["--direct", emulator.url, "--api-key", "bench-key", "--json", "--quiet"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        await emulator.close()
+    assert proc.returncode == 0, err.decode()
+    result = orjson.loads(out)
+    assert result["direct"]["mode"] == "direct"
+    assert result["bridge"]["mode"] == "bridge"
+    rtt = "rtt_p99_ms"
+    assert result["added"][rtt] == pytest.approx(result["bridge"][rtt] - result["direct"][rtt])
+    assert b"== added by the bridge (bridge minus direct) ==" in err

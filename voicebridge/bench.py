@@ -1,19 +1,31 @@
-"""The load-test benchmark behind ``make bench``: the bridge's cost, measured end to end.
+"""The benchmark behind ``make bench``: how many calls one core of voicebridge carries.
 
-It starts the Voice Live emulator in mirror mode (every appended frame comes straight back as
-one audio delta) and the voicebridge server pointed at it as if it were Azure, each as its own
-process on a free loopback port, then runs the load generator (``voicebridge.loadtest``, also
-its own process) at each session count: straight to the emulator, through the bridge, and
-through the bridge with clients that offer permessage-deflate as browsers do. The difference
-from the direct run is what the bridge adds. With ``--baseline-src DIR`` the bridge of another
-source checkout (say ``git worktree add /tmp/vb-base <commit>``) is measured the same way, so
-the current relay and an earlier one sit side by side. A fresh server is started for every
-bridge run, so its CPU and memory figures belong to that run alone. Results go to a Markdown
-file (``bench/results.md``) with the machine they were measured on, and the raw reports to
-JSON beside it. Every process it started is stopped when it ends, on error and on Ctrl-C too.
+Operators plan in calls per core and memory per call, so that is what it measures. The
+server runs pinned to one core (``os.sched_setaffinity``); the Voice Live emulator and the
+load generator (``voicebridge.loadtest``) run pinned to the other core(s), each its own
+process on a free loopback port. For two scenarios it steps the number of sessions up,
+each step measured twice, straight to the emulator (*direct*) and through a server started
+fresh for it (*bridge*, with every other client offering permessage-deflate as browsers
+do), until the latency the bridge adds crosses ``--threshold-ms`` or anything is lost:
 
-    python -m voicebridge.bench [--sessions 1,50,200] [--seconds 20] [--out bench/results.md]
-                                [--baseline-src DIR]
+* **mirror**: 20 ms frames, each stamped, which the emulator's mirror mode sends straight
+  back; the figure is the round trip;
+* **conversation**: callers speak sentences made by espeak-ng in real time, pause, listen
+  and sometimes barge in; the emulator runs as usual (voice activity detection, answers
+  echoing each turn in real time); the figures are the response latency and the barge-in
+  reaction (:mod:`voicebridge.loadtest.calls`).
+
+The last step within the threshold is the *knee*: sessions per core. Then a connect storm
+(``--storm`` sessions connecting at once) and a shutdown (SIGTERM with those sessions
+live), and one run of each scenario with the server under cProfile, to say where its CPU
+goes. The judging, the page and the pictures are :mod:`voicebridge.loadtest.capacity` and
+:mod:`voicebridge.loadtest.plots`. Results go to ``bench/results.md`` with the machine they
+were measured on, the raw reports to ``results.json`` and two pictures (``latency.png``,
+``cpu.png``) beside it. Every process it started is stopped when it ends, on error and on
+Ctrl-C too. A progress line is printed per run and per step.
+
+    python -m voicebridge.bench [--quick] [--mirror-steps 25,50,...] [--conversation-steps
+        50,100,...] [--threshold-ms 20] [--storm 500] [--no-profile] [--baseline-src DIR]
 """
 
 from __future__ import annotations
@@ -35,13 +47,36 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
 import attrs
 import psutil  # type: ignore[import-untyped,unused-ignore]
+
+from voicebridge.loadtest import speech
+from voicebridge.loadtest.capacity import (
+    CONVERSATION,
+    DIRECT,
+    MIRROR,
+    SCENARIOS,
+    THIS_TREE,
+    BenchConfig,
+    BenchResults,
+    Profile,
+    Run,
+    Shutdown,
+    Step,
+    closed_1001,
+    draw,
+    judge,
+    render,
+    step_line,
+    storm_line,
+    summarize_profile,
+    targets,
+)
 
 HOST = "127.0.0.1"
 API_KEY = "bench-key"
@@ -52,45 +87,24 @@ DRAIN_S = 2.0
 WARMUP_SESSIONS = 2
 WARMUP_SECONDS = 1.0
 QUIET_CORES = 0.25
-
-DIRECT = "direct"
-THIS_TREE = "bridge (this tree)"
-DEFLATE_OFFERED = ", deflate offered"
-
-# Targets on the reference machine (2 cores).
-TARGET_LOST_AT = 200
-TARGET_ADDED_P99_MS = 5.0
-TARGET_ADDED_P99_AT = 50
-TARGET_CPU_PCT_PER_SESSION = 0.3
-TARGET_CPU_FROM = 50
-TARGET_RSS_PER_SESSION_BYTES = 250_000
+CONNECTS_PER_S = 200  # the ramp: sessions connect over sessions / this many seconds
+PROFILE_AT = 50  # sessions of the profiled runs (the targets' step)
+STORM_FRAME_MS = 200
+PROFILE_SECONDS = {MIRROR: 8.0, CONVERSATION: 15.0}
 
 # Settings the server reads; cleared so a developer's shell or .env cannot skew the run.
+_SERVER_SETTINGS_PREFIXES = ("AZURE_", "VOICELIVE_", "VAD_", "APP_", "SESSION_", "MAX_")
 _SERVER_SETTINGS = frozenset(
     {
-        "AZURE_OPENAI_ENDPOINT",
-        "AZURE_OPENAI_KEY",
-        "AZURE_OPENAI_DEPLOYMENT",
-        "AZURE_API_VERSION",
         "VOICE_NAME",
-        "VAD_THRESHOLD",
-        "VAD_PREFIX_PADDING_MS",
-        "VAD_SILENCE_DURATION_MS",
         "AGENT_INSTRUCTIONS_FILE",
-        "APP_HOST",
-        "APP_PORT",
         "LOG_LEVEL",
+        "LOG_FORMAT",
         "ENABLE_PROACTIVE_GREETING",
-        "VOICELIVE_BACKEND",
-        "SESSION_REGISTRY",
-        "MAX_SESSIONS",
-        "SESSION_MAX_DURATION_S",
-        "SESSION_IDLE_TIMEOUT_S",
         "SHUTDOWN_GRACE_S",
         "CLIENT_TOKEN",
         "ADMIN_TOKEN",
         "ALLOWED_ORIGINS",
-        "LOG_FORMAT",
         "STATIC_DIR",
     }
 )
@@ -103,24 +117,12 @@ _PACKAGES = (
     "attrs",
     "structlog",
     "psutil",
+    "uvloop",
 )
 
 
 class BenchError(RuntimeError):
     """A process did not start, did not become ready, or a run produced no report."""
-
-
-@attrs.frozen
-class BenchConfig:
-    """What to run: session counts, duration, pacing, where to write."""
-
-    sessions: tuple[int, ...]
-    seconds: float
-    ramp: float
-    frame_ms: int
-    out: Path
-    quiet_wait: float = 0.0
-    baseline: Path | None = None
 
 
 @attrs.frozen
@@ -132,13 +134,31 @@ class Bridge:
 
 
 @attrs.frozen
-class Run:
-    """One measured load-test run and the CPU that processes outside the bench used meanwhile."""
+class Cores:
+    """Which CPUs the server gets and which the emulator and load generator get."""
 
-    path: str  # the row's label: DIRECT, THIS_TREE, a baseline, each maybe + DEFLATE_OFFERED
-    sessions: int
-    report: dict[str, Any]
-    other_cores: float
+    server: frozenset[int] | None
+    harness: frozenset[int] | None
+
+    @classmethod
+    def plan(cls, pin: bool) -> Cores:
+        """The server on the first CPU this process may use, everything else on the rest."""
+        mine = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+        if not pin or len(mine) < 2:
+            return cls(None, None)
+        return cls(frozenset(mine[:1]), frozenset(mine[1:]))
+
+    def describe(self) -> str:
+        if self.server is None or self.harness is None:
+            return "not pinned: every process shares every core"
+        return (
+            f"server on CPU {_cpus(self.server)}; emulator, load generator and this bench"
+            f" on CPU {_cpus(self.harness)}"
+        )
+
+
+def _cpus(cpus: Iterable[int]) -> str:
+    return ",".join(str(c) for c in sorted(cpus))
 
 
 @attrs.define
@@ -153,11 +173,18 @@ class _Procs:
         name: str,
         argv: Sequence[str],
         env: Mapping[str, str],
+        *,
         stdout: Path | None = None,
         cwd: Path | None = None,
+        cores: Collection[int] | None = None,
     ) -> subprocess.Popen[bytes]:
         log = (self.logdir / f"{name}.log").open("ab")
         out = stdout.open("wb") if stdout is not None else None
+
+        def pin() -> None:  # runs in the child between fork and exec
+            if cores is not None:
+                os.sched_setaffinity(0, cores)
+
         try:
             proc = subprocess.Popen(
                 list(argv),
@@ -168,6 +195,7 @@ class _Procs:
                 stderr=log,
                 # Its own process group: Ctrl-C reaches the bench, which stops it in order.
                 start_new_session=True,
+                preexec_fn=pin if cores is not None else None,  # noqa: PLW1509 - single-threaded
             )
         finally:
             log.close()
@@ -232,37 +260,42 @@ def _port_open(port: int) -> bool:
         return sock.connect_ex((HOST, port)) == 0
 
 
-def _healthy(port: int) -> bool:
+def _health(port: int) -> dict[str, Any] | None:
     try:
         with urllib.request.urlopen(f"http://{HOST}:{port}/health", timeout=1.0) as resp:
-            return bool(resp.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
+            if resp.status != 200:
+                return None
+            body: dict[str, Any] = json.loads(resp.read())
+            return body
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
 
 
-def _emulator_flags() -> set[str]:
-    """Flags this emulator's CLI accepts, so ``--fast`` is passed only where it exists."""
-    out = subprocess.run(
-        [sys.executable, "-m", "voicebridge", "emulator", "--help"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    ).stdout
-    return {word.strip(",[]") for word in out.split() if word.startswith(("--", "[--"))}
+def _sessions_started(port: int) -> int:
+    """Sessions past their start (Voice Live configured, ``session_started`` sent), from the
+    admin route, which a loopback caller may read without a token."""
+    try:
+        with urllib.request.urlopen(f"http://{HOST}:{port}/sessions", timeout=5.0) as resp:
+            body = json.loads(resp.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return 0
+    sessions = body.get("sessions") if isinstance(body, dict) else None
+    if not isinstance(sessions, list):
+        return 0
+    return sum(1 for s in sessions if isinstance(s, dict) and s.get("state") != "connecting")
 
 
-def start_emulator(procs: _Procs, port: int) -> subprocess.Popen[bytes]:
-    """The emulator in mirror mode on ``port``, accepting connections."""
-    flags = _emulator_flags()
+def start_emulator(
+    procs: _Procs, port: int, *, mirror: bool, cores: Collection[int] | None
+) -> subprocess.Popen[bytes]:
+    """The emulator on ``port`` (mirror mode, or answering in real time), accepting connections."""
     argv = [sys.executable, "-m", "voicebridge", "emulator", "--host", HOST, "--port", str(port)]
-    argv += ["--api-key", API_KEY, "--mirror"]
-    if "--fast" in flags:
-        argv.append("--fast")
-    if "--log-level" in flags:
-        argv += ["--log-level", "WARNING"]
-    proc = procs.start("emulator", argv, os.environ)
-    _wait_until(lambda: _port_open(port), proc, procs, "emulator", READY_TIMEOUT_S)
+    argv += ["--api-key", API_KEY, "--log-level", "WARNING"]
+    if mirror:
+        argv += ["--mirror", "--fast"]
+    name = "emulator-mirror" if mirror else "emulator"
+    proc = procs.start(name, argv, os.environ, cores=cores)
+    _wait_until(lambda: _port_open(port), proc, procs, name, READY_TIMEOUT_S)
     return proc
 
 
@@ -295,14 +328,13 @@ def baseline_bridge(src: Path) -> Bridge:
     return Bridge(label=f"bridge (baseline {_commit(src) or src.name})", src=src)
 
 
-def start_server(
-    procs: _Procs, port: int, emulator_port: int, src: Path | None = None
-) -> subprocess.Popen[bytes]:
-    """The server on ``port``, its Azure settings pointing at the emulator; /health is 200.
-
-    With ``src`` it is the server of that source checkout, run there with the same Python.
-    """
-    env = {k: v for k, v in _source_env(src).items() if k not in _SERVER_SETTINGS}
+def server_env(port: int, emulator_port: int, src: Path | None = None) -> dict[str, str]:
+    """The server's environment: Azure settings pointing at the emulator, limits out of the way."""
+    env = {
+        k: v
+        for k, v in _source_env(src).items()
+        if k not in _SERVER_SETTINGS and not k.startswith(_SERVER_SETTINGS_PREFIXES)
+    }
     env.update(
         APP_HOST=HOST,
         APP_PORT=str(port),
@@ -310,14 +342,38 @@ def start_server(
         AZURE_OPENAI_ENDPOINT=f"ws://{HOST}:{emulator_port}",
         AZURE_OPENAI_KEY=API_KEY,
         AZURE_OPENAI_DEPLOYMENT=DEPLOYMENT,
-        MAX_SESSIONS="1000",
+        # Every simulated caller comes from 127.0.0.1: the per-client and total limits
+        # must not be what the benchmark measures.
+        MAX_SESSIONS="5000",
+        MAX_SESSIONS_PER_CLIENT="5000",
+        MAX_CONNECTIONS="10000",
         LOG_LEVEL="WARNING",
     )
+    return env
+
+
+def start_server(
+    procs: _Procs,
+    port: int,
+    emulator_port: int,
+    *,
+    src: Path | None = None,
+    cores: Collection[int] | None = None,
+    profile: Path | None = None,
+) -> subprocess.Popen[bytes]:
+    """The server on ``port``, its Azure settings pointing at the emulator; /health is 200.
+
+    With ``src`` it is the server of that source checkout, run there with the same Python;
+    with ``profile`` it runs under cProfile, which writes there when the server exits.
+    """
     no_env_file = procs.logdir / "none.env"  # never created, so no .env is read
     argv = [sys.executable, "-m", "voicebridge", "serve", "--env-file", str(no_env_file)]
+    if profile is not None:  # written when it exits after SIGTERM
+        argv[1:1] = ["-m", "cProfile", "-o", str(profile)]
     name = "server" if src is None else "baseline-server"
-    proc = procs.start(name, argv, env, cwd=src)
-    _wait_until(lambda: _healthy(port), proc, procs, name, READY_TIMEOUT_S)
+    env = server_env(port, emulator_port, src)
+    proc = procs.start(name, argv, env, cwd=src, cores=cores)
+    _wait_until(lambda: _health(port) is not None, proc, procs, name, READY_TIMEOUT_S)
     return proc
 
 
@@ -361,41 +417,77 @@ def wait_for_quiet(
         if load < QUIET_CORES:
             return
         if time.monotonic() >= deadline:
-            print(f"bench: other processes still use {load:.2f} cores; measuring anyway", file=log)
+            print(f"bench: other processes use {load:.2f} cores; measuring anyway", file=log)
             return
+
+
+def ramp_for(sessions: int) -> float:
+    """Sessions connect over this many seconds (a storm is a ramp of 0)."""
+    return 0.0 if sessions <= WARMUP_SESSIONS else max(1.0, sessions / CONNECTS_PER_S)
+
+
+@attrs.frozen
+class _Emulator:
+    """A running emulator and the target of the direct runs against it."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+
+    @property
+    def direct(self) -> _Target:
+        return _Target(DIRECT, f"ws://{HOST}:{self.port}", self.proc)
+
+
+@attrs.frozen
+class _Target:
+    """What one load-generator process is pointed at, and which process it measures."""
+
+    path: str
+    url: str
+    measured: subprocess.Popen[bytes]
+    others: tuple[subprocess.Popen[bytes], ...] = ()
 
 
 def run_loadtest(
     procs: _Procs,
     cfg: BenchConfig,
+    target: _Target,
     *,
-    path: str,
+    scenario: str,
     sessions: int,
-    target: str,
-    measured: subprocess.Popen[bytes],
-    others: Sequence[subprocess.Popen[bytes]] = (),
+    cores: Collection[int] | None,
     seconds: float | None = None,
+    ramp: float | None = None,
+    extra: Sequence[str] = (),
+    during: Callable[[subprocess.Popen[bytes]], None] | None = None,
 ) -> Run:
-    """One load-generator process against ``target``; its JSON report and the outside load."""
-    secs = cfg.seconds if seconds is None else seconds
-    ramp = cfg.ramp if sessions > 1 else 0.0
-    argv = [sys.executable, "-m", "voicebridge.loadtest", "--sessions", str(sessions)]
-    argv += ["--seconds", f"{secs:g}", "--ramp", f"{ramp:g}", "--frame-ms", str(cfg.frame_ms)]
-    argv += ["--drain", f"{DRAIN_S:g}", "--json", "--quiet", "--server-pid", str(measured.pid)]
-    if path == DIRECT:
-        argv += ["--direct", target, "--api-key", API_KEY]
+    """One load-generator process; its JSON report and the load from outside the bench.
+
+    ``during``, if given, is called once the generator has started (the shutdown row
+    sends SIGTERM from there).
+    """
+    secs = cfg.seconds_for(scenario) if seconds is None else seconds
+    ramp = ramp_for(sessions) if ramp is None else ramp
+    argv = [sys.executable, "-m", "voicebridge.loadtest", "--scenario", scenario]
+    argv += ["--sessions", str(sessions), "--seconds", f"{secs:g}", "--ramp", f"{ramp:g}"]
+    argv += ["--frame-ms", str(cfg.frame_ms), "--drain", f"{DRAIN_S:g}", "--json", "--quiet"]
+    argv += ["--server-pid", str(target.measured.pid), "--connect-timeout", "30"]
+    if target.path == DIRECT:
+        argv += ["--direct", target.url, "--api-key", API_KEY]
     else:
-        argv += ["--url", target]
-    if path.endswith(DEFLATE_OFFERED):
-        argv.append("--offer-deflate")
-    name = f"loadtest-{re.sub(r'[^a-z0-9]+', '-', path.lower()).strip('-')}-{sessions}"
+        argv += ["--url", target.url, "--offer-deflate", f"{cfg.deflate_share:g}"]
+    argv += list(extra)
+    slug = re.sub(r"[^a-z0-9]+", "-", target.path.lower()).strip("-")
+    name = f"loadtest-{scenario}-{slug}-{sessions}"
     out_path = procs.logdir / f"{name}.json"
-    ours = [measured, *others]
+    ours = [target.measured, *target.others]
     busy0, ours0, kids0 = _busy_seconds(), sum(map(_cpu_seconds, ours)), _children_cpu()
     t0 = time.monotonic()
-    proc = procs.start(name, argv, os.environ, stdout=out_path)
+    proc = procs.start(name, argv, os.environ, stdout=out_path, cores=cores)
     try:
-        proc.wait(ramp + secs + DRAIN_S + 60.0)
+        if during is not None:
+            during(proc)
+        proc.wait(ramp + secs + 60.0)
     except subprocess.TimeoutExpired:
         raise BenchError(f"{name} did not finish:\n{procs.log_tail(name)}") from None
     finally:
@@ -407,100 +499,212 @@ def run_loadtest(
     if not text:
         raise BenchError(f"{name} exited {proc.returncode} with no report:\n{procs.log_tail(name)}")
     report: dict[str, Any] = json.loads(text.splitlines()[-1])
-    return Run(path=path, sessions=sessions, report=report, other_cores=max(busy - mine, 0) / wall)
-
-
-def measure_bridge(
-    procs: _Procs,
-    cfg: BenchConfig,
-    bridge: Bridge,
-    sessions: int,
-    *,
-    emulator: subprocess.Popen[bytes],
-    emulator_port: int,
-    offer_deflate: bool,
-    log: TextIO,
-) -> Run:
-    """One run through ``bridge``, on a server started for it alone."""
-    path = bridge.label + (DEFLATE_OFFERED if offer_deflate else "")
-    port = free_port()
-    server = start_server(procs, port, emulator_port, bridge.src)
-    url = f"ws://{HOST}:{port}/ws/voice"
-    try:
-        # Warm-up: first-session imports and caches are not per-session costs.
-        run_loadtest(
-            procs,
-            cfg,
-            path=path,
-            sessions=WARMUP_SESSIONS,
-            target=url,
-            measured=server,
-            seconds=WARMUP_SECONDS,
-        )
-        wait_for_quiet([emulator, server], cfg.quiet_wait, log)
-        run = run_loadtest(
-            procs, cfg, path=path, sessions=sessions, target=url, measured=server, others=[emulator]
-        )
-    finally:
-        procs.stop(server)
-    print(f"bench: {summary(run)}", file=log, flush=True)
-    return run
-
-
-def run_bench(
-    cfg: BenchConfig, bridges: Sequence[Bridge] = (Bridge(THIS_TREE),), log: TextIO = sys.stderr
-) -> list[Run]:
-    """Every run of the benchmark, in order; all processes are stopped before it returns."""
-    runs: list[Run] = []
-    with tempfile.TemporaryDirectory(prefix="voicebridge-bench-") as tmp:
-        procs = _Procs(Path(tmp))
-        try:
-            emulator_port = free_port()
-            emulator = start_emulator(procs, emulator_port)
-            direct_url = f"ws://{HOST}:{emulator_port}"
-            print(f"bench: emulator (mirror) on {direct_url}, pid {emulator.pid}", file=log)
-            run_loadtest(
-                procs,
-                cfg,
-                path=DIRECT,
-                sessions=WARMUP_SESSIONS,
-                target=direct_url,
-                measured=emulator,
-                seconds=WARMUP_SECONDS,
-            )
-            for n in cfg.sessions:
-                wait_for_quiet([emulator], cfg.quiet_wait, log)
-                run = run_loadtest(
-                    procs, cfg, path=DIRECT, sessions=n, target=direct_url, measured=emulator
-                )
-                print(f"bench: {summary(run)}", file=log, flush=True)
-                runs.append(run)
-                for bridge in bridges:
-                    for offer_deflate in (False, True):
-                        run = measure_bridge(
-                            procs,
-                            cfg,
-                            bridge,
-                            n,
-                            emulator=emulator,
-                            emulator_port=emulator_port,
-                            offer_deflate=offer_deflate,
-                            log=log,
-                        )
-                        runs.append(run)
-        finally:
-            procs.stop_all()
-    return runs
-
-
-def summary(run: Run) -> str:
-    """One line per run for the console."""
-    r = run.report
-    return (
-        f"{run.path}, {run.sessions} sessions: held {r['sessions_held']},"
-        f" lost {r['frames_lost']}/{r['frames_sent']}, p50 {_f(r['rtt_p50_ms'])}"
-        f" p99 {_f(r['rtt_p99_ms'])} ms, cpu/session {_f(r.get('server_cpu_pct_per_session'), 3)}%"
+    return Run(
+        path=target.path,
+        scenario=scenario,
+        sessions=sessions,
+        report=report,
+        other_cores=max(busy - mine, 0) / wall,
     )
+
+
+# -- judging ---------------------------------------------------------------------------------
+
+
+@attrs.define
+class _Bench:
+    """One benchmark: its processes, its cores, its runs so far."""
+
+    cfg: BenchConfig
+    bridges: Sequence[Bridge]
+    procs: _Procs
+    cores: Cores
+    log: TextIO
+    steps: list[Step] = attrs.Factory(list)
+    storm: Run | None = None
+    shutdown: Shutdown | None = None
+    profiles: list[Profile] = attrs.Factory(list)
+    started: float = attrs.Factory(time.monotonic)
+
+    def say(self, text: str) -> None:
+        elapsed = time.monotonic() - self.started
+        print(f"bench [{elapsed / 60:4.1f} min] {text}", file=self.log, flush=True)
+
+    def warm_up(self, target: _Target) -> None:
+        """A second of two sessions: first-session imports and caches are no session's cost.
+
+        Mirror frames either way: in a conversation they are too quiet to be speech.
+        """
+        self.loadtest(
+            target,
+            MIRROR,
+            WARMUP_SESSIONS,
+            seconds=WARMUP_SECONDS,
+            ramp=0.0,
+            extra=["--drain", "0"],
+            quiet=True,
+        )
+
+    def loadtest(
+        self, target: _Target, scenario: str, sessions: int, *, quiet: bool = False, **kw: Any
+    ) -> Run:
+        if not quiet:
+            seconds = kw.get("seconds") or self.cfg.seconds_for(scenario)
+            self.say(f"{scenario} {sessions}: {target.path}, {seconds:g} s")
+        return run_loadtest(
+            self.procs,
+            self.cfg,
+            target,
+            scenario=scenario,
+            sessions=sessions,
+            cores=self.cores.harness,
+            **kw,
+        )
+
+    def bridge_run(self, bridge: Bridge, scenario: str, sessions: int, emu: _Emulator) -> Run:
+        """One run through ``bridge``, on a server started for it alone."""
+        port = free_port()
+        server = start_server(self.procs, port, emu.port, src=bridge.src, cores=self.cores.server)
+        target = _Target(bridge.label, f"ws://{HOST}:{port}/ws/voice", server, (emu.proc,))
+        try:
+            self.warm_up(target)
+            wait_for_quiet([emu.proc, server], self.cfg.quiet_wait, self.log)
+            return self.loadtest(target, scenario, sessions)
+        finally:
+            self.procs.stop(server)
+
+    def step(self, scenario: str, sessions: int, emu: _Emulator, first: Run | None) -> Step:
+        """One step: the direct run, then each bridge's, judged."""
+        wait_for_quiet([emu.proc], self.cfg.quiet_wait, self.log)
+        d = self.loadtest(emu.direct, scenario, sessions)
+        runs = tuple(self.bridge_run(b, scenario, sessions, emu) for b in self.bridges)
+        within, why = judge(scenario, d, runs[0], self.cfg.threshold_ms, first or d)
+        return Step(scenario, sessions, d, runs, within, why)
+
+    def ladder(self, scenario: str) -> None:
+        """Step the sessions up until the bridge leaves the threshold or loses anything."""
+        port = free_port()
+        proc = start_emulator(self.procs, port, mirror=scenario == MIRROR, cores=self.cores.harness)
+        emu = _Emulator(proc, port)
+        first: Run | None = None
+        try:
+            self.warm_up(emu.direct)
+            for n in self.cfg.steps(scenario):
+                step = self.step(scenario, n, emu, first)
+                if not step.within and "added" in step.why:
+                    # One slow moment on a shared machine is not a knee: measure it again.
+                    self.say(f"{scenario} {n} sessions: {step.why}; measuring it again")
+                    again = self.step(scenario, n, emu, first)
+                    step = attrs.evolve(again, why=f"{again.why} (first run: {step.why})")
+                first = first or step.direct
+                self.steps.append(step)
+                self.say(f"{scenario} {n} sessions: {step_line(step)}")
+                if not step.within:
+                    break
+        finally:
+            self.procs.stop(proc)
+
+    def storm_and_shutdown(self) -> None:
+        """``--storm`` sessions connect at once; with all of them live, SIGTERM the server."""
+        n = self.cfg.storm
+        emulator_port, port = free_port(), free_port()
+        emulator = start_emulator(self.procs, emulator_port, mirror=True, cores=self.cores.harness)
+        server = start_server(self.procs, port, emulator_port, cores=self.cores.server)
+        target = _Target(THIS_TREE, f"ws://{HOST}:{port}/ws/voice", server, (emulator,))
+        live = 0
+        timing: dict[str, float | int | None] = {}
+
+        def sigterm_when_all_live(loadgen: subprocess.Popen[bytes]) -> None:
+            nonlocal live
+            deadline = time.monotonic() + READY_TIMEOUT_S
+            while time.monotonic() < deadline and loadgen.poll() is None:
+                live = _sessions_started(port)
+                if live >= n:
+                    break
+                time.sleep(0.5)
+            time.sleep(2.0)  # a little real traffic on every session first
+            live = _sessions_started(port)
+            sent = time.monotonic()
+            server.send_signal(signal.SIGTERM)
+            try:
+                timing["code"] = server.wait(STOP_TIMEOUT_S * 3)
+                timing["exit_s"] = time.monotonic() - sent
+            except subprocess.TimeoutExpired:
+                timing["exit_s"] = None
+
+        self.say(f"connect storm: {n} sessions at once; SIGTERM once all are live")
+        try:
+            # Live real-time audio in STORM_FRAME_MS frames: every session is live and
+            # talking, in all about the frames of 50 sessions at 20 ms, which the core
+            # carries; the storm and the shutdown are measured, not an overload.
+            run = self.loadtest(
+                target,
+                MIRROR,
+                n,
+                seconds=12.0,
+                ramp=0.0,
+                extra=["--frame-ms", str(STORM_FRAME_MS)],
+                during=sigterm_when_all_live,
+                quiet=True,
+            )
+        finally:
+            self.procs.stop(server)
+            self.procs.stop(emulator)
+        self.storm = run
+        exit_s = timing.get("exit_s")
+        code = timing.get("code")
+        self.shutdown = Shutdown(
+            sessions_live=live,
+            exit_s=None if exit_s is None else float(exit_s),
+            exit_code=None if code is None else int(code),
+            run=run,
+        )
+        self.say(
+            f"connect storm and shutdown, {n} sessions: {storm_line(self.storm, self.shutdown)}"
+        )
+
+    def profile(self, scenario: str, sessions: int) -> None:
+        """The server under cProfile for one run: where its CPU goes (the report is dropped,
+        the profiler slows it down)."""
+        emulator_port, port = free_port(), free_port()
+        dump = self.procs.logdir / f"server-{scenario}.prof"
+        emulator = start_emulator(
+            self.procs, emulator_port, mirror=scenario == MIRROR, cores=self.cores.harness
+        )
+        server = start_server(
+            self.procs, port, emulator_port, cores=self.cores.server, profile=dump
+        )
+        target = _Target(THIS_TREE, f"ws://{HOST}:{port}/ws/voice", server, (emulator,))
+        seconds = PROFILE_SECONDS[scenario]
+        self.say(f"profile: {scenario} {sessions}, the server under cProfile, {seconds:g} s")
+        try:
+            self.warm_up(target)
+            self.loadtest(target, scenario, sessions, seconds=seconds, quiet=True)
+        finally:
+            self.procs.stop(server)
+            self.procs.stop(emulator)
+        if not dump.exists():
+            self.say(f"profile: the server wrote no profile ({self.procs.log_tail('server', 5)})")
+            return
+        profile = summarize_profile(dump, scenario, sessions)
+        step = next(
+            (s for s in self.steps if s.scenario == scenario and s.sessions == sessions), None
+        )
+        kernel = None if step is None else step.bridges[0].report.get("server_cpu_kernel_share")
+        self.profiles.append(attrs.evolve(profile, kernel_share=kernel))
+
+    def run(self) -> None:
+        for scenario in SCENARIOS:
+            if self.cfg.steps(scenario):
+                self.say(f"{scenario}: steps {', '.join(map(str, self.cfg.steps(scenario)))}")
+                self.ladder(scenario)
+        if self.cfg.storm:
+            self.storm_and_shutdown()
+        if self.cfg.profile:
+            for scenario in SCENARIOS:
+                steps = self.cfg.steps(scenario)
+                if steps:
+                    self.profile(scenario, PROFILE_AT if PROFILE_AT in steps else steps[0])
 
 
 # -- the report ----------------------------------------------------------------------------
@@ -521,7 +725,21 @@ def _commit(src: Path | None = None) -> str:
         return ""
 
 
-def machine_info(bridges: Sequence[Bridge] = ()) -> dict[str, str]:
+def _dirty() -> bool:
+    try:
+        out = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return bool(out.strip())
+
+
+def machine_info(cores: Cores, bridges: Sequence[Bridge] = ()) -> dict[str, str]:
     """Where the figures were measured, and from which source checkouts."""
     model = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
@@ -535,6 +753,7 @@ def machine_info(bridges: Sequence[Bridge] = ()) -> dict[str, str]:
             versions.append(f"{name} {importlib.metadata.version(name)}")
         except importlib.metadata.PackageNotFoundError:
             versions.append(f"{name} (not installed)")
+    commit = _commit() or "-"
     info = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "cpu": f"{model}, {os.cpu_count()} logical cores",
@@ -542,192 +761,14 @@ def machine_info(bridges: Sequence[Bridge] = ()) -> dict[str, str]:
         "os": platform.platform(),
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "packages": ", ".join(versions),
-        "commit": _commit() or "-",
+        "commit": commit + (" with uncommitted changes" if commit != "-" and _dirty() else ""),
+        "pinning": cores.describe(),
         "load average before": " ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
     for bridge in bridges:
         if bridge.src is not None:
             info[bridge.label] = str(bridge.src)
     return info
-
-
-def _f(value: Any, digits: int = 2) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
-def _kb(value: Any) -> str:
-    return "-" if value is None else f"{value / 1000:.1f}"
-
-
-def _find(runs: Sequence[Run], path: str, sessions: int) -> Run | None:
-    return next((r for r in runs if r.path == path and r.sessions == sessions), None)
-
-
-def _deflate(run: Run) -> str:
-    r = run.report
-    return f"{r.get('sessions_deflate', 0)} of {run.sessions}" if r.get("deflate_offered") else "-"
-
-
-def _yes(ok: bool) -> str:
-    return "**met**" if ok else "**not met**"
-
-
-def targets(runs: Sequence[Run]) -> list[tuple[str, str, str]]:
-    """(target, measured, verdict) for each target of the reference machine.
-
-    Judged on this tree's bridge with plain clients; the other rows are for comparison.
-    """
-    rows: list[tuple[str, str, str]] = []
-    big = _find(runs, THIS_TREE, TARGET_LOST_AT)
-    if big is None:
-        rows.append((f"0 frames lost at {TARGET_LOST_AT} sessions", "not run", "-"))
-    else:
-        lost = big.report["frames_lost"]
-        sent = big.report["frames_sent"]
-        rows.append(
-            (f"0 frames lost at {TARGET_LOST_AT} sessions", f"{lost} of {sent}", _yes(lost == 0))
-        )
-    bridge, direct = (
-        _find(runs, THIS_TREE, TARGET_ADDED_P99_AT),
-        _find(runs, DIRECT, TARGET_ADDED_P99_AT),
-    )
-    label = f"added p99 round trip < {TARGET_ADDED_P99_MS:g} ms at {TARGET_ADDED_P99_AT} sessions"
-    if bridge is None or direct is None or bridge.report["rtt_p99_ms"] is None:
-        rows.append((label, "not run", "-"))
-    else:
-        added = bridge.report["rtt_p99_ms"] - (direct.report["rtt_p99_ms"] or 0.0)
-        rows.append((label, f"{added:.2f} ms", _yes(added < TARGET_ADDED_P99_MS)))
-    cpu_runs = [r for r in runs if r.path == THIS_TREE and r.sessions >= TARGET_CPU_FROM]
-    label = f"server CPU <= {TARGET_CPU_PCT_PER_SESSION:g}% of one core per session"
-    cpus = [(r.sessions, r.report.get("server_cpu_pct_per_session")) for r in cpu_runs]
-    if not cpus or any(c is None for _, c in cpus):
-        rows.append((label, "not run", "-"))
-    else:
-        text = ", ".join(f"{c:.3f}% at {n}" for n, c in cpus)
-        ok = all(c is not None and c <= TARGET_CPU_PCT_PER_SESSION for _, c in cpus)
-        rows.append((label, text, _yes(ok)))
-    bridges = [r for r in runs if r.path == THIS_TREE]
-    label = f"< {TARGET_RSS_PER_SESSION_BYTES // 1000} kB RSS per session"
-    largest = max(bridges, key=lambda r: r.sessions, default=None)
-    rss = None if largest is None else largest.report.get("server_rss_per_session_bytes")
-    if largest is None or rss is None:
-        rows.append((label, "not run", "-"))
-    else:
-        rows.append(
-            (
-                label,
-                f"{rss / 1000:.1f} kB at {largest.sessions}",
-                _yes(rss < TARGET_RSS_PER_SESSION_BYTES),
-            )
-        )
-    return rows
-
-
-def render(cfg: BenchConfig, machine: Mapping[str, str], runs: Sequence[Run]) -> str:
-    """The Markdown results page."""
-    baseline = "" if cfg.baseline is None else f" --baseline-src {cfg.baseline}"
-    bridge_paths = list(dict.fromkeys(r.path for r in runs if r.path != DIRECT))
-    lines = [
-        "# voicebridge benchmark",
-        "",
-        f"`python -m voicebridge.bench --sessions {','.join(map(str, cfg.sessions))}"
-        f" --seconds {cfg.seconds:g} --ramp {cfg.ramp:g}{baseline}` — each session streams"
-        f" PCM16 24 kHz mono in real time, {cfg.frame_ms} ms per frame, for {cfg.seconds:g} s"
-        f" after a {cfg.ramp:g} s ramp; the emulator's mirror mode sends every frame straight"
-        " back.",
-        "",
-        f"- **{DIRECT}**: load generator → emulator (Voice Live protocol, JSON + base64): the"
-        " baseline without the bridge. The measured process is the emulator.",
-        f"- **{THIS_TREE}**: load generator → voicebridge `/ws/voice` (binary frames) → SDK →"
-        " emulator and back. The measured process is the server, started fresh for the run.",
-        f"- **…{DEFLATE_OFFERED}**: the same, but the clients offer permessage-deflate as"
-        " browsers do (`permessage-deflate; client_max_window_bits`) and speak it when the"
-        " server accepts; the *deflate* column says in how many sessions it did.",
-        *(
-            []
-            if cfg.baseline is None
-            else [
-                "- **bridge (baseline …)**: the server of the source checkout given as"
-                " `--baseline-src` (its path under *Machine*), run with the same Python, emulator"
-                " and load generator.",
-            ]
-        ),
-        "",
-        "## Machine",
-        "",
-        "| | |",
-        "|---|---|",
-        *(f"| {k} | {v} |" for k, v in machine.items()),
-        "",
-        "All processes (load generator, server, emulator) share these cores, so the round trip"
-        " includes their competition for CPU. *Other load* is the CPU (in cores) that processes"
-        " outside the bench used during the run; when it is not near 0 the figures are noisy.",
-        "",
-        "## Results",
-        "",
-        "| path | sessions | deflate | held | failed | frames sent | received | lost"
-        " | reordered | duplicated | p50 ms | p95 ms | p99 ms | max ms"
-        " | CPU % of a core per session | RSS kB per session | load gen CPU %"
-        " | send lag p99 ms | other load |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:"
-        "|---:|---:|",
-    ]
-    for run in runs:
-        r = run.report
-        flag = " (saturated)" if r.get("loadgen_saturated") else ""
-        lines.append(
-            f"| {run.path} | {run.sessions} | {_deflate(run)} | {r['sessions_held']}"
-            f" | {r['sessions_failed']}"
-            f" | {r['frames_sent']} | {r['frames_received']} | {r['frames_lost']}"
-            f" | {r['frames_reordered']} | {r['frames_duplicated']} | {_f(r['rtt_p50_ms'])}"
-            f" | {_f(r['rtt_p95_ms'])} | {_f(r['rtt_p99_ms'])} | {_f(r['rtt_max_ms'])}"
-            f" | {_f(r.get('server_cpu_pct_per_session'), 3)}"
-            f" | {_kb(r.get('server_rss_per_session_bytes'))}"
-            f" | {_f(r['loadgen_cpu_pct'], 0)}{flag} | {_f(r['send_lag_p99_ms'])}"
-            f" | {run.other_cores:.2f} |"
-        )
-    lines += [
-        "",
-        "## What the bridge adds (each bridge minus direct)",
-        "",
-        "| path | sessions | p50 ms | p95 ms | p99 ms | server CPU % of a core per session"
-        " | server RSS kB per session |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for n in cfg.sessions:
-        direct = _find(runs, DIRECT, n)
-        for path in bridge_paths:
-            bridge = _find(runs, path, n)
-            if bridge is None or direct is None:
-                continue
-            b, d = bridge.report, direct.report
-            added = [
-                None if b[k] is None or d[k] is None else b[k] - d[k]
-                for k in ("rtt_p50_ms", "rtt_p95_ms", "rtt_p99_ms")
-            ]
-            lines.append(
-                f"| {path} | {n} | {' | '.join(_f(a) for a in added)}"
-                f" | {_f(b.get('server_cpu_pct_per_session'), 3)}"
-                f" | {_kb(b.get('server_rss_per_session_bytes'))} |"
-            )
-    lines += [
-        "",
-        "## Targets (2-core machine)",
-        "",
-        f"Judged on **{THIS_TREE}**; the other rows are there for comparison.",
-        "",
-        "| target | measured | verdict |",
-        "|---|---|---|",
-        *(f"| {t} | {m} | {v} |" for t, m, v in targets(runs)),
-        "",
-        "CPU per session is the server's CPU time over the run divided by the session-seconds"
-        " streamed (100% = one core per real-time session). RSS per session is the server's peak"
-        " resident memory during the run minus its resident memory just before, divided by the"
-        " sessions connected. Round trip: from the load generator's send to the same frame's"
-        " return, both stamped in the generator.",
-        "",
-    ]
-    return "\n".join(lines)
 
 
 # -- command line --------------------------------------------------------------------------
@@ -740,7 +781,7 @@ def _session_counts(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(
             f"not a comma-separated list of integers: {text}"
         ) from None
-    if not counts or any(n < 1 for n in counts):
+    if any(n < 1 for n in counts):
         raise argparse.ArgumentTypeError(f"session counts must be >= 1: {text}")
     return counts
 
@@ -749,68 +790,181 @@ def _on_sigterm(signum: int, _frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``make bench``: run the benchmark and write the results page; exit 1 on failure."""
+FULL = {
+    "mirror_steps": (25, 50, 75, 100, 150, 200, 300, 400),
+    "conversation_steps": (50, 100, 150, 200, 250, 300, 400, 500),
+    "seconds": 10.0,
+    "conversation_seconds": 25.0,
+    "storm": 500,
+}
+QUICK = {
+    "mirror_steps": (20, 50),
+    "conversation_steps": (20, 50),
+    "seconds": 5.0,
+    "conversation_seconds": 12.0,
+    "storm": 100,
+}
+
+
+def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
     parser = argparse.ArgumentParser(
         prog="python -m voicebridge.bench",
-        description="Load-test the bridge against the emulator in mirror mode.",
+        description="Sessions per core: mirror and conversation, stepped up to the knee; a"
+        " connect storm and a shutdown at scale.",
     )
-    parser.add_argument("--sessions", type=_session_counts, default=(1, 50, 200))
-    parser.add_argument("--seconds", type=float, default=20.0, help="streaming time per run")
-    parser.add_argument("--ramp", type=float, default=2.0, help="spread session starts (s)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="small steps and short runs to try it out (a few minutes)",
+    )
+    parser.add_argument("--mirror-steps", type=_session_counts, help="e.g. 50,100,200,300")
+    parser.add_argument("--conversation-steps", type=_session_counts, help="e.g. 50,100,200")
+    parser.add_argument("--seconds", type=float, help="streaming time of a mirror run (10)")
+    parser.add_argument(
+        "--conversation-seconds", type=float, help="streaming time of a conversation run (25)"
+    )
+    parser.add_argument(
+        "--threshold-ms",
+        type=float,
+        default=20.0,
+        help="the added p99 a step may show and still count as within (20)",
+    )
+    parser.add_argument(
+        "--storm", type=int, help="sessions of the connect storm and shutdown rows (500; 0: skip)"
+    )
     parser.add_argument("--frame-ms", type=int, default=20)
+    parser.add_argument(
+        "--deflate-share",
+        type=float,
+        default=0.5,
+        help="share of bridge clients that offer permessage-deflate (0.5)",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/results.md"))
     parser.add_argument(
         "--quiet-wait",
         type=float,
-        default=30.0,
+        default=5.0,
         metavar="SECONDS",
-        help="before each run, wait up to this long for other processes to go idle (30)",
+        help="before each run, wait up to this long for other processes to go idle (5)",
+    )
+    parser.add_argument(
+        "--no-pin", action="store_true", help="do not pin processes to cores (sched_setaffinity)"
+    )
+    parser.add_argument(
+        "--no-profile",
+        action="store_true",
+        help="skip the two runs of the server under cProfile (where its CPU goes)",
     )
     parser.add_argument(
         "--baseline-src",
         type=Path,
         metavar="DIR",
-        help="also measure the bridge of this source checkout (git worktree add DIR COMMIT)",
+        help="also measure the bridge of this source checkout at every step (doubles the time)",
     )
     args = parser.parse_args(argv)
-    cfg = BenchConfig(
-        sessions=args.sessions,
-        seconds=args.seconds,
-        ramp=args.ramp,
+    preset = QUICK if args.quick else FULL
+
+    def pick(name: str) -> Any:
+        value = getattr(args, name)
+        return preset[name] if value is None else value
+
+    return BenchConfig(
+        mirror_steps=pick("mirror_steps"),
+        conversation_steps=pick("conversation_steps"),
+        seconds=pick("seconds"),
+        conversation_seconds=pick("conversation_seconds"),
         frame_ms=args.frame_ms,
+        threshold_ms=args.threshold_ms,
         out=args.out,
+        deflate_share=args.deflate_share,
+        storm=pick("storm"),
         quiet_wait=args.quiet_wait,
         baseline=args.baseline_src,
+        pin=not args.no_pin,
+        quick=args.quick,
+        profile=not args.no_profile,
     )
+
+
+def write(results: BenchResults, machine: Mapping[str, str], log: TextIO) -> None:
+    """The page, the raw reports and the pictures."""
+    out = results.cfg.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pictures = draw(results, out.parent, log)
+    out.write_text(render(results, machine, pictures))
+    runs = [run for step in results.steps for run in (step.direct, *step.bridges)]
+    raw = {
+        "machine": machine,
+        "threshold_ms": results.cfg.threshold_ms,
+        "steps": [
+            {
+                "scenario": s.scenario,
+                "sessions": s.sessions,
+                "within": s.within,
+                "why": s.why,
+            }
+            for s in results.steps
+        ],
+        "runs": [
+            {
+                "path": r.path,
+                "scenario": r.scenario,
+                "sessions": r.sessions,
+                "other_cores": r.other_cores,
+                **r.report,
+            }
+            for r in runs
+        ],
+        "storm": None if results.storm is None else results.storm.report,
+        "shutdown": None
+        if results.shutdown is None
+        else {
+            "sessions_live": results.shutdown.sessions_live,
+            "exit_s": results.shutdown.exit_s,
+            "exit_code": results.shutdown.exit_code,
+            "closed_1001": closed_1001(results.shutdown.run),
+        },
+        "profiles": [attrs.asdict(p) for p in results.profiles],
+    }
+    out.with_suffix(".json").write_text(json.dumps(raw, indent=2) + "\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``make bench``: run the benchmark and write the results page; exit 1 on failure."""
+    cfg = parse_args(argv)
     # Stop cleanly on SIGTERM, and on Ctrl-C even when started with SIGINT ignored (``&``).
     signal.signal(signal.SIGTERM, _on_sigterm)
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    log = sys.stderr
     try:
+        if cfg.conversation_steps:
+            speech.utterances()  # fail now, not after the mirror ladder, if tools are missing
+        cores = Cores.plan(cfg.pin)
+        if cores.harness is not None:
+            os.sched_setaffinity(0, cores.harness)  # the bench itself stays off the server's core
         bridges = [Bridge(THIS_TREE)]
         if cfg.baseline is not None:
             bridges.append(baseline_bridge(cfg.baseline))
-        machine = machine_info(bridges)
-        runs = run_bench(cfg, bridges)
-    except BenchError as exc:
-        print(f"bench: {exc}", file=sys.stderr)
+        machine = machine_info(cores, bridges)
+        with tempfile.TemporaryDirectory(prefix="voicebridge-bench-") as tmp:
+            bench = _Bench(cfg, bridges, _Procs(Path(tmp)), cores, log)
+            bench.say(f"{cores.describe()}; load average {machine['load average before']}")
+            try:
+                bench.run()
+            finally:
+                bench.procs.stop_all()
+    except (BenchError, speech.SpeechToolsMissing) as exc:
+        print(f"bench: {exc}", file=log)
         return 1
     except KeyboardInterrupt:
-        print("bench: interrupted; every process it started was stopped", file=sys.stderr)
+        print("bench: interrupted; every process it started was stopped", file=log)
         return 130
-    cfg.out.parent.mkdir(parents=True, exist_ok=True)
-    cfg.out.write_text(render(cfg, machine, runs))
-    raw = {
-        "machine": machine,
-        "runs": [
-            {"path": r.path, "sessions": r.sessions, "other_cores": r.other_cores, **r.report}
-            for r in runs
-        ],
-    }
-    cfg.out.with_suffix(".json").write_text(json.dumps(raw, indent=2) + "\n")
-    print(f"bench: wrote {cfg.out} and {cfg.out.with_suffix('.json')}", file=sys.stderr)
-    for target, measured, verdict in targets(runs):
-        print(f"bench: {target}: {measured} — {verdict.strip('*')}", file=sys.stderr)
+    machine = {**machine, "load average after": " ".join(f"{x:.2f}" for x in os.getloadavg())}
+    results = BenchResults(cfg, bench.steps, bench.storm, bench.shutdown, bench.profiles)
+    write(results, machine, log)
+    bench.say(f"wrote {cfg.out}, {cfg.out.with_suffix('.json')} and the pictures")
+    for target, measured, verdict in targets(results):
+        print(f"bench: {target}: {measured} — {verdict.strip('*')}", file=log)
     return 0
 
 

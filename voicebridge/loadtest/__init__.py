@@ -13,8 +13,19 @@ Only loopback targets are accepted.
 - ``accounting``: each chunk's stamp; frames sent, back, lost, reordered; time samples.
 - ``monitor``: CPU and RSS of the server (``--server-pid``) and of the generator, via psutil.
 - ``report``: the ``Report``, its percentiles, its text and JSON forms.
+- ``speech``: utterances spoken by espeak-ng (sox converts them) when a run starts;
+  ``caller``: one caller of the conversation scenario; ``calls``: its accounting (turns,
+  answers, response latency, barge-ins, the echo check).
 - ``options``: ``LoadTestConfig`` and the command-line flags; ``runner``: the run and
-  ``main``.
+  ``main`` (with ``--url`` and ``--direct`` together, both, side by side).
+- ``capacity`` and ``plots``: what ``make bench`` (:mod:`voicebridge.bench`) makes of the
+  reports: steps, the knee (sessions per core), the targets, the page and its pictures.
+
+Two scenarios (``--scenario``): *mirror*, above; and *conversation*, where each caller
+speaks real sentences in real time with pauses, the emulator runs as it normally does
+(voice activity detection, an answer echoing each turn in real time, 100 ms deltas) and
+a share of callers barge in; it reports the response latency, the barge-in reaction and
+the answers that came back damaged.
 """
 
 from voicebridge.loadtest.accounting import HEADER, make_body
@@ -24,8 +35,9 @@ from voicebridge.loadtest.options import (
     add_loadtest_arguments,
     check_loopback,
     config_from_args,
+    configs_from_args,
 )
-from voicebridge.loadtest.report import Report, format_report, percentile
+from voicebridge.loadtest.report import Report, added_by_bridge, format_report, percentile
 from voicebridge.loadtest.runner import cli, main, run
 
 __all__ = [
@@ -34,9 +46,11 @@ __all__ = [
     "Report",
     "TargetError",
     "add_loadtest_arguments",
+    "added_by_bridge",
     "check_loopback",
     "cli",
     "config_from_args",
+    "configs_from_args",
     "format_report",
     "main",
     "make_body",

@@ -52,9 +52,11 @@ class SessionStats:
     duplicated: int = 0
     reordered: int = 0
     highest: int = -1
-    ready_ns: int = 0
+    connect_ns: int = 0  # when its TCP connect began
+    ready_ns: int = 0  # when its session started (session_started / session.created)
     stop_ns: int = 0
     connected: bool = False
+    offered_deflate: bool = False
     deflate: bool = False
     sending_done: bool = False
     peer_closed: bool = False

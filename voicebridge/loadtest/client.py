@@ -144,7 +144,8 @@ class VoiceClient(ws.WebSocketClient):
             self._done_sending()
             return
         now = time.perf_counter_ns()
-        self.tally.lags.append(now - deadline)
+        # Never negative: uvloop's timers have millisecond resolution and may fire early.
+        self.tally.lags.append(max(now - deadline, 0))
         var = self.var
         self.tally.stamp(var, sess, seq, now)
         self.send_template(self.chunk, base64.b64encode(var) if plan.direct else var)

@@ -19,8 +19,9 @@ class ProcessMonitor:
         self.pid: int = self.proc.pid
         self.rss_baseline: int = self.proc.memory_info().rss
         self.rss_peak = self.rss_baseline
+        self.kernel_start = self.kernel_seconds()
         self.cpu_start = self.cpu_seconds()
-        self.cpu_end = self.cpu_start
+        self.kernel_end, self.cpu_end = self.kernel_start, self.cpu_start
         self.alive = True
 
     def cpu_seconds(self) -> float:
@@ -28,10 +29,20 @@ class ProcessMonitor:
         times = self.proc.cpu_times()
         return float(times.user + times.system)
 
+    def kernel_seconds(self) -> float:
+        """System CPU time so far: the kernel working for it, socket calls mostly."""
+        return float(self.proc.cpu_times().system)
+
     @property
     def cpu_used(self) -> float:
         """CPU seconds between ``start_window`` and ``end_window``."""
         return max(self.cpu_end - self.cpu_start, 0.0)
+
+    @property
+    def kernel_share(self) -> float | None:
+        """The part of ``cpu_used`` spent in the kernel (0..1); None without any CPU used."""
+        used = self.cpu_used
+        return None if not used else max(self.kernel_end - self.kernel_start, 0.0) / used
 
     def sample(self) -> None:
         """Note the current RSS; a process that has gone away is not sampled again."""
@@ -44,9 +55,9 @@ class ProcessMonitor:
 
     def start_window(self) -> None:
         with contextlib.suppress(psutil.Error):
-            self.cpu_start = self.cpu_seconds()
+            self.kernel_start, self.cpu_start = self.kernel_seconds(), self.cpu_seconds()
 
     def end_window(self) -> None:
         self.sample()
         with contextlib.suppress(psutil.Error):
-            self.cpu_end = self.cpu_seconds()
+            self.kernel_end, self.cpu_end = self.kernel_seconds(), self.cpu_seconds()

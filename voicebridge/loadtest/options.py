@@ -20,6 +20,9 @@ from voicebridge.config import DEFAULT_API_VERSION
 from voicebridge.protocol import BYTES_PER_MS
 
 DEFAULT_MODEL = "bench"
+MIRROR = "mirror"
+CONVERSATION = "conversation"
+SCENARIOS = (MIRROR, CONVERSATION)
 MAX_SESSIONS = 10_000
 MAX_SECONDS = 3_600.0
 
@@ -54,6 +57,16 @@ def _non_negative(_inst: object, attribute: attrs.Attribute[Any], value: float) 
         raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
 
 
+def _share(_inst: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{attribute.name} must be between 0 and 1, got {value!r}")
+
+
+def in_share(index: int, share: float) -> bool:
+    """Whether the ``index``-th session is one of a ``share`` of them, spread evenly."""
+    return int((index + 1) * share) > int(index * share)
+
+
 def _loopback(_inst: object, _attribute: attrs.Attribute[Any], value: str) -> None:
     check_loopback(value)
 
@@ -84,8 +97,15 @@ class LoadTestConfig:
     connect_timeout: float = attrs.field(default=10.0, validator=[_positive])
     model: str = DEFAULT_MODEL
     api_version: str = DEFAULT_API_VERSION
-    offer_deflate: bool = False
+    #: The share of sessions that offer permessage-deflate as browsers do (True: all).
+    offer_deflate: float = attrs.field(default=0.0, converter=float, validator=_share)
     progress: bool = True
+    scenario: str = attrs.field(default=MIRROR, validator=attrs.validators.in_(SCENARIOS))
+    #: Conversation: the share of callers who barge in (on every other answer).
+    barge_in: float = attrs.field(default=0.25, validator=_share)
+    #: Conversation: the mean pause before the next utterance, once an answer has ended.
+    pause: float = attrs.field(default=1.0, validator=[_non_negative])
+    voice: str = attrs.field(default="en-us", validator=_one_line)
 
     @property
     def frame_bytes(self) -> int:
@@ -125,25 +145,71 @@ def add_loadtest_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--direct",
         metavar="WS_URL",
-        help="talk Voice Live straight to this endpoint (e.g. the emulator) instead of --url",
+        help="talk Voice Live straight to this endpoint (e.g. the emulator) instead of --url;"
+        " with --url as well, run both (direct first) and report what the bridge adds",
     )
     parser.add_argument("--api-key", default=None, help="api-key for --direct")
     parser.add_argument("--model", default=DEFAULT_MODEL, help="model query for --direct")
     parser.add_argument("--api-version", default=DEFAULT_API_VERSION, help="for --direct")
-    parser.add_argument("--server-pid", type=int, help="sample this process's CPU and RSS")
+    parser.add_argument(
+        "--server-pid",
+        type=int,
+        help="sample this process's CPU and RSS (of the bridge run in a comparison)",
+    )
     parser.add_argument("--token", default=None, help="client token for /ws/voice")
     parser.add_argument(
         "--offer-deflate",
-        action="store_true",
-        help="offer permessage-deflate as browsers do, and speak it if the server accepts",
+        nargs="?",
+        type=float,
+        const=1.0,
+        default=0.0,
+        metavar="SHARE",
+        help="offer permessage-deflate as browsers do, and speak it if the server accepts;"
+        " with SHARE (0..1) only that share of the sessions offers it",
     )
+    parser.add_argument(
+        "--scenario",
+        choices=SCENARIOS,
+        default=MIRROR,
+        help="mirror: tagged frames the emulator's mirror mode sends straight back;"
+        " conversation: callers speak (espeak-ng) and pause, the emulator answers (mirror)",
+    )
+    parser.add_argument(
+        "--barge-in",
+        type=float,
+        default=0.25,
+        metavar="SHARE",
+        help="conversation: share of callers who talk over every other answer (0.25)",
+    )
+    parser.add_argument(
+        "--pause",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="conversation: mean pause after an answer before the next utterance (1)",
+    )
+    parser.add_argument("--voice", default="en-us", help="conversation: espeak-ng voice (en-us)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
+def configs_from_args(
+    args: argparse.Namespace, environ: Mapping[str, str] | None = None
+) -> list[LoadTestConfig]:
+    """One run's config, or two (direct, then the bridge) when both targets are given."""
+    if args.url and args.direct:
+        direct = config_from_args(args, environ)
+        bridge = config_from_args(argparse.Namespace(**{**vars(args), "direct": None}), environ)
+        return [attrs.evolve(direct, server_pid=None), bridge]
+    return [config_from_args(args, environ)]
 
 
 def config_from_args(
     args: argparse.Namespace, environ: Mapping[str, str] | None = None
 ) -> LoadTestConfig:
-    """Build the run's config from parsed arguments (raises ValueError on bad values)."""
+    """Build the run's config from parsed arguments (raises ValueError on bad values).
+
+    With ``--direct`` the run talks to that endpoint, whatever ``--url`` says.
+    """
     env = dict(os.environ) if environ is None else environ
     url = args.direct or args.url
     if not url:
@@ -168,4 +234,8 @@ def config_from_args(
         api_version=args.api_version,
         offer_deflate=args.offer_deflate,
         progress=not args.quiet,
+        scenario=args.scenario,
+        barge_in=args.barge_in,
+        pause=args.pause,
+        voice=args.voice,
     )

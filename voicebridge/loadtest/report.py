@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
 import orjson
 
 from voicebridge.loadtest.accounting import SessionStats, Tally
+from voicebridge.loadtest.calls import CallFigures
 from voicebridge.loadtest.monitor import ProcessMonitor
-from voicebridge.loadtest.options import LoadTestConfig
+from voicebridge.loadtest.options import CONVERSATION, MIRROR, LoadTestConfig
 
 SATURATED_CPU_PCT = 85.0
 _NS = 1_000_000_000
@@ -63,6 +64,40 @@ class Report:
     server_rss_baseline_bytes: int | None = None
     server_rss_peak_bytes: int | None = None
     server_rss_per_session_bytes: float | None = None
+    #: The part of the server's CPU spent in the kernel (socket system calls, mostly).
+    server_cpu_kernel_share: float | None = None
+    scenario: str = MIRROR
+    sessions_offering_deflate: int = 0
+    # Connecting: from a session's TCP connect to its session start, and from the run's
+    # start until the last session was ready (what a connect storm is judged by).
+    connect_p50_ms: float | None = None
+    connect_p99_ms: float | None = None
+    connect_max_ms: float | None = None
+    all_ready_ms: float | None = None
+    # The conversation scenario (see voicebridge.loadtest.calls); None for mirror runs.
+    callers_barging: int | None = None
+    turns: int | None = None
+    turns_answered: int | None = None
+    turns_unanswered: int | None = None
+    answers_complete: int | None = None
+    answers_interrupted: int | None = None
+    answers_damaged: int | None = None
+    answers_unexpected: int | None = None
+    answers_unfinished: int | None = None
+    barge_ins: int | None = None
+    barge_ins_cleared: int | None = None
+    response_latency_p50_ms: float | None = None
+    response_latency_p95_ms: float | None = None
+    response_latency_p99_ms: float | None = None
+    response_latency_max_ms: float | None = None
+    barge_in_clear_p50_ms: float | None = None
+    barge_in_clear_p95_ms: float | None = None
+    barge_in_clear_p99_ms: float | None = None
+    barge_in_clear_max_ms: float | None = None
+    barge_in_stop_p50_ms: float | None = None
+    barge_in_stop_p95_ms: float | None = None
+    barge_in_stop_p99_ms: float | None = None
+    barge_in_stop_max_ms: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for JSON output."""
@@ -102,6 +137,9 @@ def _server(
         "server_cpu_s_per_session_s": None if per is None else round(per, 6),
         "server_cpu_pct_per_session": None if per is None else round(per * 100, 4),
         "server_cpu_pct": round(100.0 * cpu / window_s, 2),
+        "server_cpu_kernel_share": (
+            None if mon.kernel_share is None else round(mon.kernel_share, 3)
+        ),
         "server_rss_baseline_bytes": mon.rss_baseline,
         "server_rss_peak_bytes": mon.rss_peak,
         "server_rss_per_session_bytes": (
@@ -120,14 +158,25 @@ def summarize(
     end_ns: int,
     loadgen_cpu_pct: float,
     server: ProcessMonitor | None,
+    calls: CallFigures | None = None,
 ) -> Report:
-    """The report of a finished run; ``start_ns``..``end_ns`` is the streaming window."""
+    """The report of a finished run; ``start_ns``..``end_ns`` is the streaming window.
+
+    ``calls``: the conversation scenario's figures; its frames received are the agent's
+    audio frames, and its frames lost those missing from damaged answers.
+    """
     rtts, lags = sorted(tally.rtts), sorted(tally.lags)
     connected = [s for s in sessions if s.connected]
     dropped = [s for s in connected if s.peer_closed]
-    session_seconds = sum(max(min(s.stop_ns, end_ns) - s.ready_ns, 0) / _NS for s in connected)
+    session_seconds = sum(
+        max(min(s.stop_ns or end_ns, end_ns) - s.ready_ns, 0) / _NS for s in connected
+    )
     sent = sum(s.sent for s in sessions)
     received = sum(s.received for s in sessions)
+    lost = sent - received if calls is None else calls.frames_lost
+    connects = sorted(s.ready_ns - s.connect_ns for s in connected)
+    extra: dict[str, Any] = {} if calls is None else attrs.asdict(calls)
+    extra.pop("frames_lost", None)
     lag_p99 = percentile(lags, 99)
     saturated = loadgen_cpu_pct >= SATURATED_CPU_PCT or (
         lag_p99 is not None and lag_p99 > config.frame_ms * _MS
@@ -145,11 +194,11 @@ def summarize(
         sessions_dropped=len(dropped),
         failures=_count([s.failure for s in sessions if s.failure]),
         drops=_count([s.close_reason or "closed" for s in dropped]),
-        deflate_offered=config.offer_deflate,
+        deflate_offered=config.offer_deflate > 0,
         sessions_deflate=sum(1 for s in sessions if s.deflate),
         frames_sent=sent,
         frames_received=received,
-        frames_lost=sent - received,
+        frames_lost=lost,
         frames_reordered=sum(s.reordered for s in sessions),
         frames_duplicated=sum(s.duplicated for s in sessions),
         frames_foreign=tally.foreign,
@@ -169,6 +218,17 @@ def summarize(
         loadgen_saturated=saturated,
         session_seconds=round(session_seconds, 3),
         **({} if server is None else _server(server, window_s, session_seconds, len(connected))),
+        scenario=config.scenario,
+        sessions_offering_deflate=sum(1 for s in sessions if s.offered_deflate),
+        connect_p50_ms=_ms(percentile(connects, 50)),
+        connect_p99_ms=_ms(percentile(connects, 99)),
+        connect_max_ms=_ms(connects[-1] if connects else None),
+        all_ready_ms=(
+            _ms(max(s.ready_ns for s in connected) - start_ns)
+            if connected and len(connected) == len(sessions)
+            else None
+        ),
+        **extra,
     )
 
 
@@ -179,7 +239,7 @@ def format_report(report: Report) -> str:
         return "-" if value is None else f"{value:.2f}{unit}"
 
     rows: list[tuple[str, str]] = [
-        ("mode", f"{report.mode} ({report.url})"),
+        ("mode", f"{report.mode} ({report.url}), scenario {report.scenario}"),
         (
             "frame / duration",
             f"{report.frame_ms} ms / {report.seconds:g} s, ramp {report.ramp:g} s",
@@ -196,12 +256,22 @@ def format_report(report: Report) -> str:
     if report.drops:
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(report.drops.items()))
         rows.append(("dropped by peer", reasons))
+    if report.connect_p50_ms is not None:
+        ready = report.all_ready_ms
+        rows.append(
+            (
+                "connect to ready",
+                f"p50 {num(report.connect_p50_ms)}  p99 {num(report.connect_p99_ms)}"
+                f"  max {num(report.connect_max_ms)} ms"
+                + ("" if ready is None else f"; all ready {ready / 1000:.2f} s after the start"),
+            )
+        )
     if report.deflate_offered:
         rows += [
             (
                 "permessage-deflate",
-                f"offered, accepted in {report.sessions_deflate}"
-                f" of {report.sessions_requested} sessions",
+                f"offered by {report.sessions_offering_deflate}, accepted in"
+                f" {report.sessions_deflate} of {report.sessions_requested} sessions",
             ),
             (
                 "on the wire",
@@ -211,23 +281,28 @@ def format_report(report: Report) -> str:
                 f" ({report.wire_bytes_received / max(report.frames_received, 1):.0f} B a frame)",
             ),
         ]
+    if report.scenario == MIRROR:
+        rows += [
+            (
+                "frames",
+                f"sent {report.frames_sent}, received {report.frames_received},"
+                f" lost {report.frames_lost}, reordered {report.frames_reordered},"
+                f" duplicated {report.frames_duplicated}",
+            ),
+            (
+                "round trip",
+                f"p50 {num(report.rtt_p50_ms)}  p95 {num(report.rtt_p95_ms)}"
+                f"  p99 {num(report.rtt_p99_ms)}  max {num(report.rtt_max_ms)} ms",
+            ),
+        ]
+    else:
+        rows += _conversation_rows(report, num)
     rows += [
-        (
-            "frames",
-            f"sent {report.frames_sent}, received {report.frames_received},"
-            f" lost {report.frames_lost}, reordered {report.frames_reordered},"
-            f" duplicated {report.frames_duplicated}",
-        ),
         (
             "unexpected",
             f"foreign frames {report.frames_foreign}, error messages {report.server_errors}",
         ),
         *(("error message", text) for text in report.error_samples),
-        (
-            "round trip",
-            f"p50 {num(report.rtt_p50_ms)}  p95 {num(report.rtt_p95_ms)}"
-            f"  p99 {num(report.rtt_p99_ms)}  max {num(report.rtt_max_ms)} ms",
-        ),
         (
             "send lag",
             f"p50 {num(report.send_lag_p50_ms)}  p99 {num(report.send_lag_p99_ms)}"
@@ -252,7 +327,13 @@ def format_report(report: Report) -> str:
             (
                 "server cpu",
                 f"{num(report.server_cpu_pct_per_session)}% of one core per session"
-                f" ({report.server_cpu_pct or 0:.1f}% total)",
+                f" ({report.server_cpu_pct or 0:.1f}% total"
+                + (
+                    ""
+                    if report.server_cpu_kernel_share is None
+                    else f", {100 * report.server_cpu_kernel_share:.0f}% of it in the kernel"
+                )
+                + ")",
             ),
             (
                 "server rss",
@@ -262,3 +343,91 @@ def format_report(report: Report) -> str:
         ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def _conversation_rows(report: Report, num: Callable[[float | None], str]) -> list[tuple[str, str]]:
+    return [
+        (
+            "callers",
+            f"{report.sessions_requested}, of whom {report.callers_barging} barge in"
+            " on every other answer, the first included",
+        ),
+        (
+            "turns",
+            f"{report.turns} spoken, {report.turns_answered} answered,"
+            f" {report.turns_unanswered} unanswered",
+        ),
+        (
+            "answers",
+            f"{report.answers_complete} complete, {report.answers_interrupted} interrupted,"
+            f" {report.answers_damaged} damaged, {report.answers_unexpected} unexpected,"
+            f" {report.answers_unfinished} cut off by the end",
+        ),
+        (
+            "frames",
+            f"caller frames sent {report.frames_sent}, agent frames received"
+            f" {report.frames_received}, lost {report.frames_lost} (20 ms of speech each)",
+        ),
+        (
+            "response latency",
+            f"p50 {num(report.response_latency_p50_ms)}"
+            f"  p95 {num(report.response_latency_p95_ms)}"
+            f"  p99 {num(report.response_latency_p99_ms)}"
+            f"  max {num(report.response_latency_max_ms)} ms (end of speech to first audio)",
+        ),
+        (
+            "barge-ins",
+            f"{report.barge_ins}, told to stop playback in {report.barge_ins_cleared}",
+        ),
+        (
+            "barge-in to clear",
+            f"p50 {num(report.barge_in_clear_p50_ms)}  p95 {num(report.barge_in_clear_p95_ms)}"
+            f"  p99 {num(report.barge_in_clear_p99_ms)}"
+            f"  max {num(report.barge_in_clear_max_ms)} ms",
+        ),
+        (
+            "barge-in to last frame",
+            f"p50 {num(report.barge_in_stop_p50_ms)}  p95 {num(report.barge_in_stop_p95_ms)}"
+            f"  p99 {num(report.barge_in_stop_p99_ms)}"
+            f"  max {num(report.barge_in_stop_max_ms)} ms",
+        ),
+    ]
+
+
+#: What a comparison subtracts, per scenario: the direct run's figure from the bridge's.
+COMPARED: dict[str, tuple[str, ...]] = {
+    MIRROR: ("rtt_p50_ms", "rtt_p95_ms", "rtt_p99_ms"),
+    CONVERSATION: (
+        "response_latency_p50_ms",
+        "response_latency_p95_ms",
+        "response_latency_p99_ms",
+        "barge_in_clear_p50_ms",
+        "barge_in_clear_p99_ms",
+        "barge_in_stop_p50_ms",
+        "barge_in_stop_p99_ms",
+    ),
+}
+
+
+def added_by_bridge(direct: Report, bridge: Report) -> dict[str, float | None]:
+    """Each compared figure of the bridge run minus the direct run's (None if either lacks it)."""
+    d, b = direct.to_dict(), bridge.to_dict()
+    out: dict[str, float | None] = {}
+    for key in COMPARED.get(bridge.scenario, ()):
+        out[key] = None if b[key] is None or d[key] is None else round(b[key] - d[key], 3)
+    return out
+
+
+def format_comparison(direct: Report, bridge: Report) -> str:
+    """Both reports, then what the bridge adds."""
+    added = added_by_bridge(direct, bridge)
+    width = max(len(k) for k in added) if added else 0
+    lines = [
+        "== direct ==",
+        format_report(direct),
+        "== bridge ==",
+        format_report(bridge),
+        "== added by the bridge (bridge minus direct) ==",
+        *(f"{k:<{width}}  {'-' if v is None else f'{v:+.2f}'}" for k, v in added.items()),
+    ]
+    return "\n".join(lines)

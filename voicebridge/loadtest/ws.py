@@ -23,6 +23,7 @@ import struct
 import time
 import zlib
 from collections.abc import Mapping
+from typing import cast
 
 import attrs
 from yarl import URL
@@ -96,8 +97,9 @@ class Template:
     """A message ``before + var + after`` in which only ``var`` changes from send to send.
 
     Everything but ``var`` is masked once, so sending an uncompressed frame masks a few
-    dozen bytes. The masking key is random per connection, not per frame: the per-frame
-    rule protects browsers behind caching proxies, and a loopback load generator has neither.
+    dozen bytes. The masking key is random per connection (or per run, for messages
+    :class:`Prepared` once for every connection), not per frame: the per-frame rule
+    protects browsers behind caching proxies, and a loopback load generator has neither.
     """
 
     opcode: int
@@ -131,10 +133,24 @@ class Template:
         return b"".join((self.before, var, self.after))
 
 
+@attrs.frozen
+class Prepared:
+    """A whole message prepared once for many sends: its payload and its masked frame."""
+
+    opcode: int
+    payload: bytes
+    wire: bytes  # the uncompressed frame, masked with the key it was built for
+
+    @classmethod
+    def build(cls, opcode: int, payload: bytes, mask: bytes) -> Prepared:
+        wire = frame_head(FIN | opcode, len(payload), mask) + masked(payload, mask)
+        return cls(opcode=opcode, payload=payload, wire=wire)
+
+
 class WebSocketClient(asyncio.Protocol):
     """One client connection; it owns the socket, subclasses handle the messages."""
 
-    def __init__(self, handshake: Handshake) -> None:
+    def __init__(self, handshake: Handshake, mask: bytes | None = None) -> None:
         self.handshake = handshake
         self.transport: asyncio.Transport | None = None
         self.deflate: deflate.Codec | None = None
@@ -143,7 +159,9 @@ class WebSocketClient(asyncio.Protocol):
         self.bytes_sent = 0
         self.bytes_received = 0
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.mask = os.urandom(4)
+        # Random per connection unless given: frames prepared once for a whole run are
+        # masked with the run's key (see Template on why that is fine here).
+        self.mask = mask if mask is not None else os.urandom(4)
         self._ended = False
         self._buf = bytearray()
         self._fragments: list[bytes] = []
@@ -175,6 +193,13 @@ class WebSocketClient(asyncio.Protocol):
             self.write(template.frame(var))
         else:
             self.send(template.opcode, template.message(var))
+
+    def send_prepared(self, message: Prepared) -> None:
+        """Send a prepared message (built with this connection's key), compressed if agreed."""
+        if self.deflate is None:
+            self.write(message.wire)
+        else:
+            self.send(message.opcode, message.payload)
 
     def send(self, opcode: int, payload: bytes) -> None:
         """Send one message in one frame; data messages compressed if deflate was accepted."""
@@ -218,8 +243,8 @@ class WebSocketClient(asyncio.Protocol):
     # -- asyncio.Protocol -------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's TCP transport implements the interface without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
         self.write(self.handshake.request)
 
     def connection_lost(self, exc: Exception | None) -> None:
