@@ -53,7 +53,9 @@ def test_unknown_setting_is_warned_at_start_up(tmp_path: Path) -> None:
         result = subprocess.run(
             [sys.executable, "-m", "voicebridge", "serve", "--env-file", str(env_file)],
             cwd=ROOT,
-            env=clean_environ({"APP_HOST": "127.0.0.1", "APP_PORT": str(port)}),
+            env=clean_environ(
+                {"APP_HOST": "127.0.0.1", "APP_PORT": str(port), "CALL_STORE": "off"}
+            ),
             capture_output=True,
             text=True,
             timeout=60,
