@@ -225,3 +225,39 @@ async def test_http_tool_through_the_relay(
     answer = await voice.until_type("agent_transcript", timeout=20)
     assert received == [{"sku": "HS-100"}]
     assert "12" in answer["text"]
+
+
+@pytest.fixture(scope="module")
+def utterance(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """A short question with silence either side, PCM16 24 kHz mono."""
+    from tests.speech import make_speech_pcm
+    from tests.voice_client import silence
+
+    path = tmp_path_factory.mktemp("speech") / "question.raw"
+    return silence(300) + make_speech_pcm("Are you still there?", path) + silence(900)
+
+
+async def test_barge_in_while_a_slow_tool_runs(
+    start_emu: StartEmulator, make_client: MakeClient, tmp_path: Path, utterance: bytes
+) -> None:
+    """The caller speaks while a tool runs: its output is still recorded, but no answer is
+    started over the caller (the caller's own turn is answered, with no collision)."""
+    (tmp_path / "relaytools.py").write_text(textwrap.dedent(PY))
+    path = tmp_path / "tools.toml"
+    path.write_text(textwrap.dedent(TOOLS).replace("timeout_s = 0.3", "timeout_s = 1.5"))
+    emu = await start_emu()
+    client = await make_client(relay_settings(emu, TOOLS_FILE=str(path)))
+    voice = await started(client)
+    await voice.ws.send_json({"type": "text", "text": "slow {}"})
+    await voice.until_type("tool", status="started")
+    await voice.send_audio(utterance)  # the caller talks while the tool runs
+    await voice.until_type("user_transcript", timeout=20)
+    await voice.until_type("tool", status="failed", timeout=10)  # timed out after 1.5 s
+    await voice.ws.send_json({"type": "ping"})
+    await voice.until_type("pong")
+    # The tool's output reached the conversation ...
+    outputs = [i for i in emu.conversation() if i.get("type") == "function_call_output"]
+    assert len(outputs) == 1 and "took too long" in outputs[0]["output"]
+    # ... and no answer was asked for over the caller: no collision, nothing refused.
+    assert voice.messages("error") == []
+    assert emu.event_count("response.created") == 2  # the tool call's, the caller's turn's

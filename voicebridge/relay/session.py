@@ -148,6 +148,7 @@ class Session(ContinuityMixin):
         self._first_input_at: float | None = None
         self._answer_owed = False  # a response.create sent, its response.created not seen
         self._mcp_denied = False  # an MCP call was refused: the agent should say so
+        self._caller_turns = 0  # speech_started events so far (did the caller speak since?)
         self._tasks: asyncio.TaskGroup | None = None  # the relay's group, for tool calls
         self._tools = (
             None
@@ -620,6 +621,7 @@ class Session(ContinuityMixin):
             await self._link.send({"type": "response.create"})
 
     async def _on_speech_started(self, event: ev.SpeechStarted) -> None:
+        self._caller_turns += 1
         now = time.monotonic()
         self._speech_at = time.time()
         plan = self.turns.plan_barge_in(now)
@@ -733,6 +735,7 @@ class Session(ContinuityMixin):
     async def _answer_tools(self, response_id: str | None) -> None:
         """Once a response that called tools is done: the outputs, then the next answer."""
         assert self._tools is not None
+        turns_before = self._caller_turns
         results = await self._tools.outcomes(response_id)
         for call, outcome in results:
             self._record.tool(call.call_id, call.name, call.arguments, outcome.output)
@@ -747,9 +750,11 @@ class Session(ContinuityMixin):
                 message="the agent ended the call",
             )
             return
-        if self.stats.state == "listening":
-            # The caller talks: their turn brings a response, with the outputs in context.
-            log.info("session.tool_answer_skipped", reason="caller speaking")
+        if self._caller_turns != turns_before or self.turns.response_active:
+            # The caller spoke while the tools ran: their turn brings (or brought) its own
+            # response, and the outputs are in the conversation for it. Asking for another
+            # would talk over the caller or collide with that response.
+            log.info("session.tool_answer_skipped", reason="the caller spoke meanwhile")
             return
         self._answer_owed = True
         await self._link.send({"type": "response.create"}, hold=True)
