@@ -13,7 +13,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from structlog.testing import capture_logs
 
-from tests.conftest import make_settings
+from tests.conftest import MakeClient, make_settings
 from tests.voice_client import VoiceSocket
 from voicebridge.app import STATE, _warn_about_open_access, create_app
 from voicebridge.registry import MemoryRegistry
@@ -270,3 +270,11 @@ async def test_config_carries_the_caller_notice(aiohttp_client: Any) -> None:
     client = await client_for(aiohttp_client, CALLER_NOTICE="You are talking to an AI.")
     body = await (await client.get("/config")).json()
     assert body["caller_notice"] == "You are talking to an AI."
+
+
+async def test_server_header_names_no_versions(make_client: MakeClient) -> None:
+    """The Server header says voicebridge, without Python's or aiohttp's version."""
+    client = await make_client(make_settings())
+    for path in ("/health", "/does-not-exist"):
+        resp = await client.get(path)
+        assert resp.headers["Server"] == "voicebridge", path

@@ -327,6 +327,9 @@ async def _allowed_host(
 async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
     for name, value in SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)
+    # No version numbers for a scanner to match against known bugs (aiohttp's default
+    # names Python's and its own).
+    response.headers["Server"] = "voicebridge"
 
 
 # -- running ----------------------------------------------------------------------------
