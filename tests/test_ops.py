@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from tests.conftest import MakeClient, StartEmulator, relay_settings
 from tests.redis_server import RedisServer
 from tests.server_process import ServerProcess
-from tests.voice_client import VoiceSocket, started
+from tests.voice_client import VoiceSocket, open_voice, started
 
 
 @pytest.fixture(scope="module")
@@ -197,3 +197,31 @@ async def test_sessions_show_iso_times(start_emu: StartEmulator, make_client: Ma
     assert isinstance(started_at, str) and started_at.endswith("+00:00") and "T" in started_at
     assert isinstance(body["sessions"][0]["metrics"]["started_at"], str)
     await voice.ws.close()
+
+
+async def test_health_reports_a_failing_upstream(
+    start_emu: StartEmulator, make_client: MakeClient
+) -> None:
+    """After connects in a row fail, /health says the upstream is degraded (503 when asked
+    to), and one that works clears it."""
+    emu = await start_emu()
+    client = await make_client(
+        relay_settings(emu, UPSTREAM_DEGRADED_AFTER="2", HEALTH_FAILS_WHEN_DEGRADED="true")
+    )
+    emu.refuse_next(2)
+    for _ in range(2):
+        voice = await open_voice(client)
+        assert (await voice.until_type("error"))["code"] == "upstream_connect_failed"
+        await voice.until_closed()
+    async with asyncio.timeout(10):
+        while (resp := await client.get("/health")).status != 503:
+            await asyncio.sleep(0.02)  # the session's end is counted as it unwinds
+    body = await resp.json()
+    assert body["status"] == "degraded"
+    assert body["upstream"] == {"status": "degraded", "consecutive_connect_failures": 2}
+    ok = await started(client)  # the emulator accepts again
+    await ok.ws.close()
+    async with asyncio.timeout(10):
+        while (resp := await client.get("/health")).status != 200:
+            await asyncio.sleep(0.02)
+    assert (await resp.json())["upstream"]["status"] == "ok"

@@ -124,6 +124,10 @@ class Settings:
     agent_instructions_file: Path = Path("agent_instructions.md")
     enable_proactive_greeting: bool = False
     caller_notice: str = ""
+    # /health: the upstream counts as degraded after this many connects in a row failed;
+    # with health_fails_when_degraded, /health then answers 503 so a balancer stops routing.
+    upstream_degraded_after: int = 3
+    health_fails_when_degraded: bool = False
     # Server-side tools (voicebridge.tools): the TOML file that defines them (None: no
     # tools); whether the client's `tool` messages carry arguments and outputs; how many
     # calls of one response run at once.
@@ -449,6 +453,12 @@ class _Loader:
                 "ENABLE_PROACTIVE_GREETING", _parse_bool, d.enable_proactive_greeting
             ),
             "caller_notice": g("CALLER_NOTICE", str, d.caller_notice),
+            "upstream_degraded_after": g(
+                "UPSTREAM_DEGRADED_AFTER", _parse_int, d.upstream_degraded_after
+            ),
+            "health_fails_when_degraded": g(
+                "HEALTH_FAILS_WHEN_DEGRADED", _parse_bool, d.health_fails_when_degraded
+            ),
             "tools_file": g("TOOLS_FILE", Path, d.tools_file),
             "tools_show_arguments": g("TOOLS_SHOW_ARGUMENTS", _parse_bool, d.tools_show_arguments),
             "tools_max_concurrent": g("TOOLS_MAX_CONCURRENT", _parse_int, d.tools_max_concurrent),
@@ -598,6 +608,7 @@ class _Loader:
             ("MAX_FRAME_BYTES", "max_frame_bytes"),
             ("CLIENT_SEND_BUFFER_MS", "client_send_buffer_ms"),
             ("CLIENT_TEXT_PER_MIN", "client_text_per_min"),
+            ("UPSTREAM_DEGRADED_AFTER", "upstream_degraded_after"),
             ("MAX_CONNECTIONS", "max_connections"),
         ):
             c(v[key] > 0, f"{name}: must be more than 0")

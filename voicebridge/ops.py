@@ -33,9 +33,19 @@ async def health(request: web.Request) -> web.Response:
     state = request.app[STATE]
     if state.draining:
         return web.json_response({"status": "draining"}, status=503)
+    s = state.settings
+    degraded = state.upstream_failures >= s.upstream_degraded_after
+    upstream = {
+        "status": "degraded" if degraded else "ok",
+        "consecutive_connect_failures": state.upstream_failures,
+    }
+    if degraded and s.health_fails_when_degraded:
+        # Every new call would fail the same way: let the load balancer route elsewhere.
+        return web.json_response({"status": "degraded", "upstream": upstream}, status=503)
     return web.json_response(
         {
             "status": "healthy",
+            "upstream": upstream,
             "version": __version__,
             "backend": state.settings.voicelive_backend,
             "instance": state.registry.instance_id,

@@ -38,6 +38,8 @@ class AppState:
     calls: CallLog | None = None
     # Tools from TOOLS_FILE, or None; loaded once by the app's lifecycle.
     toolbox: Toolbox | None = None
+    # Upstream connects that failed in a row (any success resets it), for /health.
+    upstream_failures: int = 0
     draining: bool = False
     started_at: float = attrs.field(factory=time.time)
     # Failures that must not stop a request (a registry unregister) are logged through

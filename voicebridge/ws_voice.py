@@ -135,6 +135,10 @@ async def _relay(request: web.Request, ws: web.WebSocketResponse) -> web.WebSock
     try:
         await session.run()
     finally:
+        if session.end is not None and session.end.reason == "upstream_connect_failed":
+            state.upstream_failures += 1
+        elif session.stats.upstream_connect_ms is not None:
+            state.upstream_failures = 0
         state.sessions.pop(session.id, None)
         state.metrics.active.set(len(state.sessions))
         try:
