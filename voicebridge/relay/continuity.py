@@ -42,7 +42,6 @@ class ContinuityMixin:
     turns: TurnTracker
     _link: UpstreamLink
     _switching: asyncio.Lock
-    _turn_over: asyncio.Event
     _quiet: asyncio.Event
     _expiry_known: asyncio.Event
     _expires_at: float | None
@@ -56,7 +55,7 @@ class ContinuityMixin:
         def _attach(self, upstream: Upstream) -> Upstream | None: ...
         def _send_text(self, text: str) -> None: ...
         def _set_state(self, state: str) -> None: ...
-        def _update_quiet(self) -> None: ...
+        def _update_turn_events(self) -> None: ...
 
     async def _upstream_lost(self, upstream: Upstream, exc: UpstreamClosed) -> None:
         """The connection ``upstream`` ended: carry on over a new one, or end the call."""
@@ -130,8 +129,7 @@ class ContinuityMixin:
         """The connection ended mid-response: it will not finish; the turn is over."""
         for track in self.turns.tracks.values():
             track.active = False
-        self._turn_over.set()
-        self._update_quiet()
+        self._update_turn_events()
 
     def _rotate_at(self) -> float | None:
         """When to move to the next connection (monotonic), or None: not planned."""

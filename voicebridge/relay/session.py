@@ -253,10 +253,6 @@ class Session(ContinuityMixin):
                 async with asyncio.timeout(_CLOSE_TIMEOUT_S):
                     await self.done.wait()
 
-    @property
-    def response_active(self) -> bool:
-        return self.turns.response_active
-
     def snapshot(self) -> dict[str, Any]:
         """The session's metrics now, as `/sessions` shows them."""
         return self.stats.as_dict()
@@ -686,8 +682,7 @@ class Session(ContinuityMixin):
     async def _on_response_created(self, event: ev.ResponseCreated) -> None:
         self._answer_owed = False
         self.turns.response_created(event.response_id)
-        self._turn_over.clear()
-        self._update_quiet()
+        self._update_turn_events()
 
     async def _on_output_item(self, event: ev.OutputItemAdded) -> None:
         self.turns.output_item(event.response_id, event.item_id, event.item_type)
@@ -830,9 +825,10 @@ class Session(ContinuityMixin):
                 self._tasks.create_task(self._answer_tools(event.response_id), name="tool_answers")
         if not self.turns.response_done(event.response_id):
             return  # an older response ending changes nothing the client sees now
-        self._turn_over.set()
         if self.stats.state != "listening":
             self._set_state("ready")
+        else:
+            self._update_turn_events()
 
     async def _on_service_error(self, event: ev.ServiceError) -> None:
         if event.event_id == _CONFIG_EVENT_ID:
@@ -876,13 +872,19 @@ class Session(ContinuityMixin):
         if state != self.stats.state:
             self.stats.state = state
             self._send_text(protocol.status(state))
-        self._update_quiet()
+        self._update_turn_events()
 
-    def _update_quiet(self) -> None:
-        if self.stats.state == "ready" and not self.turns.response_active:
-            self._quiet.set()
-        else:
-            self._quiet.clear()
+    def _update_turn_events(self) -> None:
+        """The events waited on (a drain, a rotation), derived from the turn state."""
+        active = self.turns.response_active
+        for event, is_set in (
+            (self._turn_over, not active),
+            (self._quiet, not active and self.stats.state == "ready"),
+        ):
+            if is_set:
+                event.set()
+            else:
+                event.clear()
 
     async def _writer(self) -> None:
         with self._io_ends_session():
