@@ -32,6 +32,7 @@ from azure.core.credentials import AccessToken
 from azure.core.credentials_async import AsyncTokenCredential
 
 from voicebridge import access, errors, ops, ws_voice
+from voicebridge import docs as api_docs
 from voicebridge.access import LOOPBACK_HOSTS
 from voicebridge.calls import CallLog, add_call_routes
 from voicebridge.config import WILDCARD_HOSTS, Settings, mask_url
@@ -95,7 +96,7 @@ def create_app(
     app.router.add_get("/sessions/{session_id}", ops.get_session)
     app.router.add_delete("/sessions/{session_id}", ops.delete_session)
     app.router.add_get("/metrics", ops.metrics)
-    app.router.add_get("/docs", ops.docs)
+    api_docs.add_routes(app)
     add_call_routes(app, lambda: app[STATE].calls, ops.is_admin)
     static_dir = Path(settings.static_dir)
     if static_dir.is_dir():

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from html import escape
 
+from aiohttp import web
+
 from voicebridge import __version__
 from voicebridge.errors import CODES
 
@@ -150,3 +152,13 @@ padding:.4rem .6rem;text-align:left;vertical-align:top}}code{{font-size:.9em}}h1
 reconnect on its own (the browser client follows this table).</p>
 {_table(("code", "closes with", "reconnect", "meaning"), ERROR_CODES)}
 </body></html>"""
+
+
+async def docs_page(request: web.Request) -> web.Response:
+    """The API reference page."""
+    return web.Response(text=render_docs(), content_type="text/html")
+
+
+def add_routes(app: web.Application) -> None:
+    """The API reference routes."""
+    app.router.add_get("/docs", docs_page)

@@ -15,7 +15,6 @@ import structlog
 from aiohttp import web
 
 from voicebridge import __version__, access, errors, protocol
-from voicebridge.docs import render_docs
 from voicebridge.metrics import CONTENT_TYPE_LATEST
 from voicebridge.registry import SessionRecord
 from voicebridge.state import STATE
@@ -73,11 +72,6 @@ async def client_config(request: web.Request) -> web.Response:
 async def index(request: web.Request) -> web.Response:
     """The browser client."""
     raise web.HTTPFound("/static/index.html")
-
-
-async def docs(request: web.Request) -> web.Response:
-    """The routes and the WebSocket protocol as an HTML page."""
-    return web.Response(text=render_docs(), content_type="text/html")
 
 
 async def metrics(request: web.Request) -> web.Response:
