@@ -25,6 +25,7 @@ from voicebridge.voicelive import OPENAI_VOICES
 
 if TYPE_CHECKING:
     from voicebridge.calls.settings import CallSettings
+    from voicebridge.phone.settings import PhoneSettings
 
 T = TypeVar("T")
 
@@ -168,6 +169,8 @@ class Settings:
     admin_token: str = attrs.field(default="", repr=False)
     # Call records (CALL_*), parsed by voicebridge.calls.settings.
     calls: CallSettings = attrs.field(factory=lambda: _call_settings_default())  # noqa: PLW0108 (defined below the class)
+    # Phone channels (TWILIO_*, PHONE_*, DTMF_*), parsed by voicebridge.phone.settings.
+    phone: PhoneSettings = attrs.field(factory=lambda: _phone_settings_default())  # noqa: PLW0108 (defined below the class)
     allowed_origins: tuple[str, ...] = ()
     allowed_hosts: tuple[str, ...] = ()
 
@@ -232,7 +235,7 @@ class Settings:
                 value = str(value)
             elif isinstance(value, tuple):
                 value = list(value)
-            elif field.name == "calls":
+            elif field.name in ("calls", "phone"):
                 value = value.redacted()
             out[field.name] = value
         return out
@@ -521,6 +524,12 @@ class _Loader:
         values["calls"], call_problems = parse_calls(self.env)
         self.problems.extend(call_problems)
         self.read.update(VARIABLES)
+        from voicebridge.phone.settings import VARIABLES as PHONE_VARIABLES
+        from voicebridge.phone.settings import parse as parse_phone
+
+        values["phone"], phone_problems = parse_phone(self.env)
+        self.problems.extend(phone_problems)
+        self.read.update(PHONE_VARIABLES)
         settings = Settings(**values)
         self.problems.extend(settings.voicelive_findings()[0])
         if self.problems:
@@ -696,6 +705,12 @@ def _call_settings_default() -> CallSettings:
     return CallSettings()
 
 
+def _phone_settings_default() -> PhoneSettings:
+    from voicebridge.phone.settings import PhoneSettings
+
+    return PhoneSettings()
+
+
 #: Settings read by other parts than :class:`Settings` (so they are not "unknown").
 OTHER_SETTINGS: set[str] = set()
 
@@ -739,6 +754,10 @@ _OWN_PREFIXES = (
     "CALL_",
     "TOOLS_",
     "TLS_",
+    "TWILIO_",
+    "PHONE_",
+    "DTMF_",
+    "ACS_",
 )
 
 

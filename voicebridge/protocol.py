@@ -52,7 +52,20 @@ class PlaybackIn:
     response_id: str | None = None
 
 
-ClientMessage = AudioIn | TextIn | PingIn | PlaybackIn
+@attrs.frozen
+class DtmfIn:
+    """A key the caller pressed on a phone keypad (phone channels): ``0-9``, ``*``, ``#``
+    (and ``A-D`` where a network carries them)."""
+
+    digit: str
+
+
+@attrs.frozen
+class HangUpIn:
+    """The phone call ended (Twilio's ``stop``): the session ends as the caller's doing."""
+
+
+ClientMessage = AudioIn | TextIn | PingIn | PlaybackIn | DtmfIn | HangUpIn
 
 _PING: Final = PingIn()
 

@@ -3,7 +3,9 @@
 Output goes through one ordered queue of text frames and agent audio with a byte budget
 for the audio; one writer at a time puts it on the socket (the upstream pump writes
 directly while nothing is queued, which saves a task switch per frame on the hot path).
-A barge-in drops queued audio in place.
+A barge-in drops queued audio in place. Agent audio is one binary frame per chunk, unless
+the client's protocol frames it otherwise (a phone provider's JSON): then ``frames`` says
+how, per chunk, and the chunk counts as written once all its frames are.
 
 Slow peers are caught by one **stall clock** (the pattern of Home Assistant's
 ``websocket_api``), not by a timer per write: it records when the write now in progress
@@ -50,11 +52,13 @@ class ClientChannel:
         *,
         audio_budget: int,
         on_written: Callable[[ResponseTrack, int], None],
+        frames: Callable[[ResponseTrack, bytes], list[str | bytes] | None] | None = None,
     ) -> None:
         self._ws = ws
         self._transport = transport
         self._budget = audio_budget
         self._on_written = on_written
+        self._frames = frames
         self._out: deque[Item] = deque()
         self._audio_bytes = 0
         self._ready = asyncio.Event()
@@ -167,7 +171,12 @@ class ClientChannel:
         await self._put(text)
 
     async def _write_audio(self, track: ResponseTrack, pcm: bytes) -> None:
-        await self._put(pcm)
+        frames = None if self._frames is None else self._frames(track, pcm)
+        if frames is None:
+            await self._put(pcm)
+        else:
+            for frame in frames:
+                await self._put(frame)
         self._on_written(track, len(pcm))
 
     async def _put(self, frame: str | bytes) -> None:

@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING
 import structlog
 
 from voicebridge import errors, protocol
-from voicebridge.protocol import BYTES_PER_MS
 from voicebridge.relay.upstream import Upstream, UpstreamClosed
 
 if TYPE_CHECKING:
     from voicebridge.calls import Recorder
     from voicebridge.config import Settings
     from voicebridge.metrics import Metrics
+    from voicebridge.relay.audio_format import AudioFormat
     from voicebridge.relay.link import UpstreamLink
     from voicebridge.relay.stats import SessionStats
     from voicebridge.relay.turns import TurnTracker
@@ -40,6 +40,7 @@ class ContinuityMixin:
     stats: SessionStats
     calls: Recorder
     turns: TurnTracker
+    audio: AudioFormat
     _link: UpstreamLink
     _switching: asyncio.Lock
     _quiet: asyncio.Event
@@ -99,7 +100,7 @@ class ContinuityMixin:
                 "session.upstream_restored",
                 generation=self._link.generation,
                 restore_ms=round((time.monotonic() - started) * 1000),
-                dropped_audio_ms=self._link.dropped_bytes // BYTES_PER_MS,
+                dropped_audio_ms=self.audio.ms(self._link.dropped_bytes),
             )
             self._set_state("ready")
 

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import attrs
 
-Role = Literal["user", "assistant", "tool"]
+Role = Literal["user", "assistant", "tool", "system"]
 
 
 @attrs.define
@@ -45,6 +45,12 @@ class ConversationRecord:
         """The caller said (a final transcript) or typed ``text``."""
         if text.strip():
             self.turns.append(Turn("user", text.strip()))
+            self._bound()
+
+    def system(self, text: str) -> None:
+        """A note for the agent that is no one's words (keys pressed on a phone keypad)."""
+        if text.strip():
+            self.turns.append(Turn("system", text.strip()))
             self._bound()
 
     def agent(self, response_id: str | None, text: str) -> None:
@@ -85,7 +91,7 @@ class ConversationRecord:
             text = turn.heard_text()
             if not text:
                 continue
-            part_type = "input_text" if turn.role == "user" else "text"
+            part_type = "text" if turn.role == "assistant" else "input_text"
             items.append(
                 {
                     "type": "message",

@@ -24,6 +24,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -37,12 +38,13 @@ from voicebridge.config import Settings
 from voicebridge.errors import ProtocolError
 from voicebridge.logs import LimitedLog
 from voicebridge.metrics import Metrics
-from voicebridge.protocol import BYTES_PER_MS
 from voicebridge.registry import SessionRegistry
 from voicebridge.relay import events as ev
 from voicebridge.relay.channel import ClientChannel, ClientGone
 from voicebridge.relay.continuity import ContinuityMixin
 from voicebridge.relay.conversation import ConversationRecord
+from voicebridge.relay.dialect import Dialect
+from voicebridge.relay.dtmf import DtmfBuffer
 from voicebridge.relay.limits import AppendCoalescer, TokenBucket
 from voicebridge.relay.link import UpstreamLink
 from voicebridge.relay.session_config import build_session_config
@@ -98,29 +100,41 @@ class Session(ContinuityMixin):
         toolbox: Toolbox | None = None,
         recorder: Recorder | None = None,
         session_id: str | None = None,
+        dialect: Dialect | None = None,
+        instructions_file: Path | None = None,
     ) -> None:
         self.id = session_id or uuid.uuid4().hex
+        self.dialect = dialect if dialect is not None else Dialect()
+        self.audio = self.dialect.audio
+        bytes_per_ms = self.audio.bytes_per_ms
+        self._instructions_file = instructions_file or settings.agent_instructions_file
         self.settings = settings
         self.upstream_config = upstream
         self.registry = registry
         self.prom = metrics
-        self.stats = SessionStats(client=request.remote or "")
+        self.stats = SessionStats(
+            client=request.remote or "",
+            channel=self.dialect.name,
+            bytes_per_ms=bytes_per_ms,
+            caller=self.dialect.caller(),
+        )
         self.calls: Recorder = recorder if recorder is not None else NullRecorder()
         self._speech_at: float | None = None  # when the caller's current turn started
         self.end: EndReason | None = None
         self.done = asyncio.Event()
-        self.turns = TurnTracker(BYTES_PER_MS)
+        self.turns = TurnTracker(bytes_per_ms, ack_only=self.dialect.ack_only)
         self.channel = ClientChannel(
             ws,
             request.transport,
-            audio_budget=settings.client_send_buffer_ms * BYTES_PER_MS,
+            audio_budget=settings.client_send_buffer_ms * bytes_per_ms,
             on_written=self._on_written,
+            frames=None if self.dialect.binary_audio else self.dialect.audio_frames,
         )
         self._task: asyncio.Task[Any] | None = None
         self._end_requested = asyncio.Event()
         self._turn_over = asyncio.Event()  # no response in progress (for a graceful drain)
         self._turn_over.set()
-        self._link = UpstreamLink(settings.reconnect_hold_audio_ms * BYTES_PER_MS)
+        self._link = UpstreamLink(settings.reconnect_hold_audio_ms * bytes_per_ms)
         self._record = ConversationRecord(settings.conversation_max_chars)
         self._session_config: dict[str, Any] = {}
         self._switching = asyncio.Lock()  # one reconnect or rotation at a time
@@ -129,7 +143,9 @@ class Session(ContinuityMixin):
         self._rotate_not_before = 0.0  # after a failed rotation, when to try again
         self._expiry_known = asyncio.Event()  # wakes the rotator: a new expiry to plan for
         self._quiet = asyncio.Event()  # no response in progress, the caller not speaking
-        self._aligner = protocol.SampleAligner()
+        # PCM16 is kept on whole samples; one-byte codecs (G.711) need no aligning.
+        self._aligner = protocol.SampleAligner() if self.audio.sample_bytes == 2 else None
+        self._dtmf = DtmfBuffer(settings.phone.dtmf_gap_ms / 1000)
         self._odd_frame_told = False
         self._started_sent = False
         self._last_activity = time.monotonic()
@@ -138,13 +154,13 @@ class Session(ContinuityMixin):
         self._counted_out = 0
         self._limited = LimitedLog()
         now = time.monotonic()
-        rate = settings.max_audio_rate * protocol.SAMPLE_RATE * 2
+        rate = settings.max_audio_rate * bytes_per_ms * 1000
         self._audio_bucket = TokenBucket(rate, rate * settings.rate_window_s, now)
         per_s = settings.client_text_per_min / 60
         self._text_bucket = TokenBucket(per_s, max(1.0, settings.client_text_per_min / 4), now)
         frames = settings.max_frames_per_s
         self._frame_bucket = TokenBucket(frames, frames * settings.rate_window_s, now)
-        self._audio_out = AppendCoalescer(MIN_APPEND_MS * BYTES_PER_MS)
+        self._audio_out = AppendCoalescer(MIN_APPEND_MS * bytes_per_ms)
         self._first_input_at: float | None = None
         self._answer_owed = False  # a response.create sent, its response.created not seen
         self._mcp_denied = False  # an MCP call was refused: the agent should say so
@@ -168,7 +184,13 @@ class Session(ContinuityMixin):
         """Relay until either side ends, a limit is hit, or an end is requested."""
         self._task = asyncio.current_task()
         structlog.contextvars.bind_contextvars(session_id=self.id)
-        log.info("session.started", client=self.stats.client, backend=self.upstream_config.backend)
+        log.info(
+            "session.started",
+            client=self.stats.client,
+            backend=self.upstream_config.backend,
+            channel=self.dialect.name,
+            audio=str(self.audio),
+        )
         try:
             try:
                 await self._connect()
@@ -197,7 +219,7 @@ class Session(ContinuityMixin):
                 "session.ended",
                 reason=end.reason,
                 close_code=int(end.close_code),
-                carried_byte=bool(self._aligner.carry),
+                carried_byte=bool(self._aligner and self._aligner.carry),
                 unsent_audio_bytes=self._audio_out.pending,
                 **self.stats.as_dict(),
             )
@@ -260,7 +282,7 @@ class Session(ContinuityMixin):
     def count_audio(self) -> None:
         """Add the audio relayed since the last call to the process-wide counters."""
         stats = self.stats
-        bytes_per_s = BYTES_PER_MS * 1000
+        bytes_per_s = self.audio.bytes_per_ms * 1000
         self.prom.audio_in.inc((stats.audio_in_bytes - self._counted_in) / bytes_per_s)
         self.prom.audio_out.inc((stats.audio_out_bytes - self._counted_out) / bytes_per_s)
         self._counted_in = stats.audio_in_bytes
@@ -298,7 +320,7 @@ class Session(ContinuityMixin):
             instructions = (
                 ""
                 if self.settings.agent_mode
-                else await asyncio.to_thread(self.settings.read_instructions)
+                else await asyncio.to_thread(self._instructions_file.read_text, encoding="utf-8")
             )
         except (OSError, UnicodeDecodeError) as exc:
             log.error("session.instructions_unreadable", error=str(exc))
@@ -308,7 +330,7 @@ class Session(ContinuityMixin):
                 "the agent's instructions could not be read; please try again later",
             )
             return
-        self._session_config = build_session_config(self.settings, instructions)
+        self._session_config = build_session_config(self.settings, instructions, self.audio)
         if self._tools is not None:
             self._session_config["tools"] = self._tools.toolbox.session_tools()
             self._session_config["tool_choice"] = "auto"
@@ -402,7 +424,7 @@ class Session(ContinuityMixin):
         end = self.end or EndReason("unknown")
         graceful = end.code in _GRACEFUL_CODES
         last = None
-        if end.code and end.message:
+        if end.code and end.message and self.dialect.shows_text:
             if graceful:
                 last = protocol.status("ended", code=end.code, message=end.message)
             else:
@@ -425,9 +447,9 @@ class Session(ContinuityMixin):
         with self._io_ends_session():
             while True:
                 try:
-                    msg = await channel.receive(self._audio_out.flush_in(time.monotonic()))
+                    msg = await channel.receive(self._next_flush(time.monotonic()))
                 except TimeoutError:
-                    await self._flush_audio()  # tiny frames waited long enough
+                    await self._flush_due()  # tiny frames, or keypad digits, waited enough
                     continue
                 kind = msg.type
                 if kind in _CLIENT_GONE:
@@ -441,7 +463,7 @@ class Session(ContinuityMixin):
                         f"{self.settings.max_frames_per_s:g} frames a second from the client",
                     )
                 self._last_activity = now
-                if kind is binary:
+                if kind is binary and self.dialect.binary_audio:
                     data: bytes = msg.data
                     if len(data) > max_frame:
                         raise self._too_large(len(data))
@@ -452,6 +474,11 @@ class Session(ContinuityMixin):
                     if len(payload) > max_frame:
                         raise self._too_large(len(payload))
                     await self._handle_text(payload)
+                elif kind is binary:
+                    self._limited.warning(log, "session.client_binary_frame", size=len(msg.data))
+                    self._client_error(
+                        "binary frames are not part of this protocol", errors.ERR_BAD_MESSAGE
+                    )
                 elif kind is aiohttp.WSMsgType.PING:
                     await channel.pong(msg.data)
                 elif kind is aiohttp.WSMsgType.ERROR:
@@ -471,8 +498,10 @@ class Session(ContinuityMixin):
 
     async def _handle_text(self, text: str) -> None:
         try:
-            message = protocol.parse_text(text)
+            message = self.dialect.parse(text)
         except ProtocolError as exc:
+            if not self.dialect.shows_text:
+                self._limited.warning(log, "session.client_bad_message", error=exc.message)
             self._client_error(exc.message, exc.code)
             return
         if isinstance(message, protocol.AudioIn):
@@ -491,10 +520,50 @@ class Session(ContinuityMixin):
             await self._send_user_text(message.text)
         elif isinstance(message, protocol.PlaybackIn):
             self.turns.playback(message.response_id, message.played_ms, time.monotonic())
+        elif isinstance(message, protocol.DtmfIn):
+            self._first_input_at = self._first_input_at or time.monotonic()
+            digits = self._dtmf.add(message.digit, time.monotonic())
+            if digits:
+                await self._send_digits(digits)
+        elif isinstance(message, protocol.HangUpIn):
+            raise self._stop("caller_hung_up")
+
+    def _next_flush(self, now: float) -> float | None:
+        """Seconds until held audio or keypad digits are due to be sent; None: nothing held."""
+        waits = [
+            w for w in (self._audio_out.flush_in(now), self._dtmf.due_in(now)) if w is not None
+        ]
+        return min(waits) if waits else None
+
+    async def _flush_due(self) -> None:
+        await self._flush_audio()
+        digits = self._dtmf.take_due(time.monotonic())
+        if digits:
+            await self._send_digits(digits)
+
+    async def _send_digits(self, digits: str) -> None:
+        """Keys the caller pressed reach the agent as a short text item (``DTMF_ROLE``),
+        and the agent answers them."""
+        role = self.settings.phone.dtmf_role
+        log.info("session.dtmf", digits=len(digits), role=role)
+        if role == "off":
+            return
+        text = f"The caller pressed {' '.join(digits)} on their phone keypad."
+        item = {"type": "message", "role": role, "content": [{"type": "input_text", "text": text}]}
+        if role == "user":
+            self._record.user(text)
+        else:
+            self._record.system(text)
+        self.calls.user_typed(f"[keypad] {digits}")
+        self._answer_owed = True
+        if not self._link.accepting:
+            return  # the next connection gets it in its replay and is asked to answer
+        await self._link.send({"type": "conversation.item.create", "item": item})
+        await self._link.send({"type": "response.create"})
 
     async def _send_audio(self, data: bytes) -> None:
-        pcm = self._aligner.feed(data)
-        if len(data) & 1 and not self._odd_frame_told:
+        pcm = data if self._aligner is None else self._aligner.feed(data)
+        if self._aligner is not None and len(data) & 1 and not self._odd_frame_told:
             self._odd_frame_told = True
             self._client_error(
                 "audio frame with an odd byte count: PCM16 needs whole 2-byte samples; "
@@ -608,7 +677,7 @@ class Session(ContinuityMixin):
                 self.id,
                 backend=self.upstream_config.backend,
                 voice=self.settings.voice_name,
-                sample_rate=protocol.SAMPLE_RATE,
+                sample_rate=self.audio.rate,
                 upstream_session_id=event.session_id,
             )
         )
@@ -627,13 +696,13 @@ class Session(ContinuityMixin):
             self.turns.mute(plan)
             dropped = self.channel.drop_audio()
             if plan.clear_client:
-                self._send_text(protocol.CLEAR_AUDIO)
+                self._send_frame(self.dialect.clear())
                 self.stats.barge_ins += 1
                 self.prom.barge_ins.inc()
             for response_id in plan.mute:
                 track = self.turns.tracks[response_id]
                 if track.audio_queued:
-                    played, sent = track.played_ms(now), track.audio_queued // BYTES_PER_MS
+                    played, sent = track.played_ms(now), self.audio.ms(track.audio_queued)
                     self._record.agent_interrupted(response_id, played, sent)
                     self.calls.agent_interrupted(response_id, played, sent)
             # While the link is down these are dropped: a new connection has nothing to cut.
@@ -664,7 +733,7 @@ class Session(ContinuityMixin):
                 "session.barge_in",
                 truncated=plan.truncate,
                 deleted=plan.delete,
-                dropped_ms=dropped // BYTES_PER_MS,
+                dropped_ms=self.audio.ms(dropped),
             )
         self._set_state("listening")
 
@@ -850,6 +919,11 @@ class Session(ContinuityMixin):
     # -- output to the client ----------------------------------------------------------
 
     def _send_text(self, text: str) -> None:
+        """A voicebridge message for the client (dropped for one that would not know it)."""
+        if self.dialect.shows_text:
+            self._send_frame(text)
+
+    def _send_frame(self, text: str) -> None:
         if not self.channel.send_text(text):
             # Only a client that reads nothing gets here; it is ended, not buffered for.
             self._slow_consumer("the client stopped reading its messages")

@@ -14,11 +14,15 @@ from __future__ import annotations
 from typing import Any
 
 from voicebridge.config import OFF, Settings
+from voicebridge.relay.audio_format import PCM16_24K, AudioFormat
 from voicebridge.voicelive import NATIVE_VOICES, OPENAI_VOICES, model_family
 
 
-def build_session_config(settings: Settings, instructions: str) -> dict[str, Any]:
-    """The ``session`` object of the first ``session.update`` a session sends.
+def build_session_config(
+    settings: Settings, instructions: str, audio: AudioFormat = PCM16_24K
+) -> dict[str, Any]:
+    """The ``session`` object of the first ``session.update`` a session sends, for a caller
+    whose audio is ``audio`` (in and out: the relay never transcodes).
 
     In agent mode the instructions are not sent: a Foundry agent has its own, and the
     service refuses them (how-to, "Session configuration").
@@ -29,8 +33,7 @@ def build_session_config(settings: Settings, instructions: str) -> dict[str, Any
     session.update(
         {
             "voice": voice_config(settings),
-            "input_audio_format": "pcm16",
-            "output_audio_format": "pcm16",
+            **audio.session_fields(),
             "turn_detection": turn_detection_config(settings),
         }
     )

@@ -8,7 +8,7 @@ from typing import Any
 
 import attrs
 
-from voicebridge.protocol import BYTES_PER_MS
+from voicebridge.protocol import BYTES_PER_MS as BROWSER_BYTES_PER_MS
 
 
 @attrs.define
@@ -19,6 +19,9 @@ class SessionStats:
     started_mono: float = attrs.field(factory=time.monotonic)
     state: str = "connecting"
     client: str = ""
+    channel: str = "browser"  # browser, twilio or acs
+    bytes_per_ms: int = BROWSER_BYTES_PER_MS  # of the session's audio format
+    caller: dict[str, str] = attrs.field(factory=dict)  # phone call details, numbers masked
     audio_in_bytes: int = 0
     audio_in_frames: int = 0
     audio_out_bytes: int = 0
@@ -41,15 +44,17 @@ class SessionStats:
             "duration_s": round(time.monotonic() - self.started_mono, 3),
             "state": self.state,
             "client": self.client,
+            "channel": self.channel,
+            **({"call": dict(self.caller)} if self.caller else {}),
             "audio_in": {
                 "bytes": self.audio_in_bytes,
                 "frames": self.audio_in_frames,
-                "ms": self.audio_in_bytes // BYTES_PER_MS,
+                "ms": self.audio_in_bytes // self.bytes_per_ms,
             },
             "audio_out": {
                 "bytes": self.audio_out_bytes,
                 "frames": self.audio_out_frames,
-                "ms": self.audio_out_bytes // BYTES_PER_MS,
+                "ms": self.audio_out_bytes // self.bytes_per_ms,
             },
             "turns": self.turns,
             "barge_ins": self.barge_ins,

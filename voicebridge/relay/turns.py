@@ -5,9 +5,11 @@ what a barge-in must do about them. Pure: no I/O, no clock of its own (callers p
 A response's audio is *queued* when it arrives from Voice Live, *written* when the client
 channel puts it on the client socket, and *played* as far as the client reports (or, with
 no report, as far as the wall clock since its first written byte allows, never beyond what
-was written). A barge-in mutes every response still playing, and for each one the client
-heard part of, truncates the service's copy at the played position (or deletes the item
-when nothing was played), so the model's memory matches what the caller heard.
+was written; a client whose reports are acknowledgements of what it played, like
+Twilio's mark echoes, is taken at its word: ``ack_only``). A barge-in mutes every response
+still playing, and for each one the client heard part of, truncates the service's copy at
+the played position (or deletes the item when nothing was played), so the model's memory
+matches what the caller heard.
 """
 
 from __future__ import annotations
@@ -35,12 +37,19 @@ class ResponseTrack:
     from_service: bool = True  # the id is the service's (not made up for an id-less event)
     reported_ms: int | None = None  # the client's own playback report ...
     reported_at: float = 0.0  # ... and when it arrived
+    ack_only: bool = False  # played = the last acknowledged position, never projected
 
     def played_ms(self, now: float) -> int:
-        """Audio the client has played: its report projected forward, else the wall clock.
+        """Audio the client has played: its report projected forward, else the wall clock
+        (with ``ack_only``: the last position it acknowledged, 0 before any).
 
         Never more than what was written to the socket.
         """
+        if self.ack_only:
+            return min(self.audio_written // self.bytes_per_ms, self.reported_ms or 0)
+        return self._projected_ms(now)
+
+    def _projected_ms(self, now: float) -> int:
         sent_ms = self.audio_written // self.bytes_per_ms
         if self.reported_ms is not None:
             return int(min(sent_ms, self.reported_ms + (now - self.reported_at) * 1000))
@@ -49,12 +58,16 @@ class ResponseTrack:
         return int(min(sent_ms, (now - self.first_audio_at) * 1000))
 
     def still_playing(self, now: float) -> bool:
-        """Whether the caller may still be hearing (or about to hear) this response."""
+        """Whether the caller may still be hearing (or about to hear) this response.
+
+        Judged by the clock even with ``ack_only``: a client that stops acknowledging must
+        not leave a response "playing" forever.
+        """
         if self.muted:
             return False
         if self.active:
             return True
-        return self.played_ms(now) < self.audio_queued // self.bytes_per_ms
+        return self._projected_ms(now) < self.audio_queued // self.bytes_per_ms
 
 
 @attrs.frozen
@@ -91,8 +104,11 @@ class AudioStep:
 class TurnTracker:
     """Responses seen recently, by id; the newest created one is the current response."""
 
-    def __init__(self, bytes_per_ms: int, *, kept: int = TRACKS_KEPT) -> None:
+    def __init__(
+        self, bytes_per_ms: int, *, kept: int = TRACKS_KEPT, ack_only: bool = False
+    ) -> None:
         self.bytes_per_ms = bytes_per_ms
+        self.ack_only = ack_only
         self.kept = kept
         self.tracks: dict[str, ResponseTrack] = {}
         self.current: ResponseTrack | None = None
@@ -222,7 +238,11 @@ class TurnTracker:
             self._anonymous += 1
             response_id = f"anonymous-{self._anonymous}"
         track = ResponseTrack(
-            response_id, self.bytes_per_ms, active=active, from_service=from_service
+            response_id,
+            self.bytes_per_ms,
+            active=active,
+            from_service=from_service,
+            ack_only=self.ack_only,
         )
         self.tracks[response_id] = track
         if len(self.tracks) > self.kept:

@@ -1,0 +1,2 @@
+"""Phone calls on the relay: Twilio Media Streams (``/ws/twilio``) and Azure Communication
+Services bidirectional media streaming (``/ws/acs``)."""
