@@ -93,7 +93,7 @@ async def test_session_on_the_builtin_emulator_and_metrics(aiohttp_client: Any) 
             await asyncio.sleep(0.02)
     text = await (await client.get("/metrics")).text()
     assert "voicebridge_active_sessions 0.0" in text
-    assert 'voicebridge_sessions_total{reason="client_closed"} 1.0' in text
+    assert 'voicebridge_sessions_total{channel="browser",reason="client_closed"} 1.0' in text
     audio_out = next(
         line for line in text.splitlines() if line.startswith("voicebridge_audio_out_seconds_total")
     )

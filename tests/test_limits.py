@@ -271,7 +271,9 @@ async def test_client_dropping_while_backed_up_is_a_plain_disconnect(
     await asyncio.wait_for(session.done.wait(), 15)
     assert session.end is not None
     assert session.end.reason != "internal_error", session.end
-    assert state.metrics.sessions.labels(reason="internal_error")._value.get() == 0
+    assert (
+        state.metrics.sessions.labels(reason="internal_error", channel="browser")._value.get() == 0
+    )
 
 
 async def test_drain_returns_as_soon_as_its_session_ends(

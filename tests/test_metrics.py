@@ -72,7 +72,7 @@ def test_no_created_series() -> None:
     """/metrics has no `_created` series doubling every counter."""
     metrics = Metrics()
     metrics.count_error("bad_json")
-    metrics.sessions.labels(reason="client_closed").inc()
+    metrics.sessions.labels(reason="client_closed", channel="browser").inc()
     text = metrics.render().decode()
     assert "voicebridge_errors_total" in text
     assert "_created" not in text

@@ -25,7 +25,7 @@ async def _ended_by(http: aiohttp.ClientSession, server: ServerProcess, reason: 
     async with http.get(f"{server.url}/metrics") as resp:
         text = await resp.text()
     for line in text.splitlines():
-        if line.startswith(f'voicebridge_sessions_total{{reason="{reason}"}}'):
+        if line.startswith(f'voicebridge_sessions_total{{channel="browser",reason="{reason}"}}'):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
 

@@ -38,6 +38,7 @@ from voicebridge.calls import CallLog, add_call_routes
 from voicebridge.config import WILDCARD_HOSTS, Settings, mask_url
 from voicebridge.http_guard import SECURITY_HEADERS, ConnectionGuard, HttpErrorLog
 from voicebridge.metrics import Metrics
+from voicebridge.phone import routes as phone_routes
 from voicebridge.registry import SessionRegistry, SessionSnapshot, create_registry
 from voicebridge.relay import UpstreamConfig
 from voicebridge.relay.upstream import EntraTokens
@@ -97,6 +98,7 @@ def create_app(
     app.router.add_delete("/sessions/{session_id}", ops.delete_session)
     app.router.add_get("/metrics", ops.metrics)
     api_docs.add_routes(app)
+    phone_routes.add_routes(app)
     add_call_routes(app, lambda: app[STATE].calls, ops.is_admin)
     static_dir = Path(settings.static_dir)
     if static_dir.is_dir():

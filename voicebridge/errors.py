@@ -49,6 +49,7 @@ ERR_AGENT_ENDED: Final = "agent_ended"
 ERR_CALLS_UNAVAILABLE: Final = "calls_unavailable"
 ERR_BAD_QUERY: Final = "bad_query"
 ERR_HOST_NOT_ALLOWED: Final = "host_not_allowed"
+ERR_PHONE_OFF: Final = "phone_off"
 
 
 @attrs.frozen
@@ -83,6 +84,9 @@ CODES: Final[dict[str, CodeInfo]] = {
         None, True, "call records are off or the store cannot be reached (HTTP 503)"
     ),
     ERR_BAD_QUERY: CodeInfo(None, False, "a bad filter on GET /calls (HTTP 400)"),
+    ERR_PHONE_OFF: CodeInfo(
+        None, False, "POST /twilio/voice while TWILIO_AUTH_TOKEN is not set (HTTP 503)"
+    ),
     ERR_HOST_NOT_ALLOWED: CodeInfo(
         None, False, "the request's Host is not in ALLOWED_HOSTS (HTTP 421)"
     ),

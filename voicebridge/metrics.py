@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Final
 
 import attrs
@@ -62,6 +63,7 @@ class Metrics:
 
     registry: CollectorRegistry = attrs.field(factory=_make_registry)
     active: Gauge = attrs.field(init=False)
+    active_by_channel: Gauge = attrs.field(init=False)
     sessions: Counter = attrs.field(init=False)
     audio_in: Counter = attrs.field(init=False)
     audio_out: Counter = attrs.field(init=False)
@@ -80,8 +82,17 @@ class Metrics:
         disable_created_metrics()  # type: ignore[no-untyped-call]
         r = self.registry
         self.active = Gauge("voicebridge_active_sessions", "Live voice sessions", registry=r)
+        self.active_by_channel = Gauge(
+            "voicebridge_channel_sessions",
+            "Live voice sessions by channel (browser, twilio, acs)",
+            ["channel"],
+            registry=r,
+        )
         self.sessions = Counter(
-            "voicebridge_sessions", "Sessions ended, by how they ended", ["reason"], registry=r
+            "voicebridge_sessions",
+            "Sessions ended, by how they ended and their channel",
+            ["reason", "channel"],
+            registry=r,
         )
         self.audio_in = Counter(
             "voicebridge_audio_in_seconds", "Client audio relayed upstream", registry=r
@@ -140,3 +151,18 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+CHANNELS: Final = ("browser", "twilio", "acs")
+
+
+def set_active(metrics: Metrics, channels: Iterable[str]) -> None:
+    """The live-session gauges, from the channel of every live session."""
+    counts = dict.fromkeys(CHANNELS, 0)
+    total = 0
+    for channel in channels:
+        counts[channel] = counts.get(channel, 0) + 1
+        total += 1
+    metrics.active.set(total)
+    for channel, count in counts.items():
+        metrics.active_by_channel.labels(channel=channel).set(count)

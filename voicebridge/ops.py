@@ -15,7 +15,7 @@ import structlog
 from aiohttp import web
 
 from voicebridge import __version__, access, errors, protocol
-from voicebridge.metrics import CONTENT_TYPE_LATEST
+from voicebridge.metrics import CONTENT_TYPE_LATEST, set_active
 from voicebridge.registry import SessionRecord
 from voicebridge.state import STATE
 
@@ -77,7 +77,7 @@ async def index(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus text format."""
     state = request.app[STATE]
-    state.metrics.active.set(len(state.sessions))
+    set_active(state.metrics, (x.dialect.name for x in state.sessions.values()))
     for session in list(state.sessions.values()):
         session.count_audio()  # audio counters are pulled at scrape time, not pushed
     body = state.metrics.render()

@@ -4,20 +4,24 @@ The handler owns what sits around a session: it refuses the upgrade while draini
 missing client token or a foreign origin (rules in :mod:`voicebridge.access`), upgrades
 without compression, counts the session against its client's limit and registers it
 against the cap, hands the socket to :class:`voicebridge.relay.Session` and releases both
-however the session ends.
+however the session ends. :func:`serve_session` is that last part, shared with the phone
+channels (:mod:`voicebridge.phone.routes`), which check access their own way.
 """
 
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import structlog
 from aiohttp import web
 
 from voicebridge import access, errors, protocol
 from voicebridge.calls import NullRecorder, Recorder
+from voicebridge.metrics import Metrics, set_active
 from voicebridge.ops import json_error
 from voicebridge.registry import SessionRecord
+from voicebridge.relay.dialect import Dialect
 from voicebridge.state import STATE
 
 log = structlog.get_logger(__name__)
@@ -44,9 +48,16 @@ async def voice_ws(request: web.Request) -> web.StreamResponse:
         log.info("ws.rejected", reason="origin", origin=access.loggable(origin))
         raise json_error(web.HTTPForbidden, "origin not allowed", errors.ERR_FORBIDDEN_ORIGIN)
 
-    ws = web.WebSocketResponse(
-        protocols=access.choose_protocol(offered, tokens),
-        max_msg_size=s.max_frame_bytes * 4,
+    ws = websocket(s.max_frame_bytes, access.choose_protocol(offered, tokens))
+    client = access.client_key(token, request.remote, tokens)
+    return await serve_session(request, ws, client=client, dialect=Dialect())
+
+
+def websocket(max_frame_bytes: int, protocols: tuple[str, ...] = ()) -> web.WebSocketResponse:
+    """The socket of a voice session, browser or phone."""
+    return web.WebSocketResponse(
+        protocols=protocols,
+        max_msg_size=max_frame_bytes * 4,
         timeout=2.0,
         heartbeat=30.0,
         # No permessage-deflate: PCM audio barely compresses, and deflate per frame costs
@@ -56,33 +67,62 @@ async def voice_ws(request: web.Request) -> web.StreamResponse:
         # ping flood costs what any other flood does.
         autoping=False,
     )
-    client = access.client_key(token, request.remote, tokens)
+
+
+async def serve_session(
+    request: web.Request,
+    ws: web.WebSocketResponse,
+    *,
+    client: str,
+    dialect: Dialect,
+    instructions_file: Path | None = None,
+    metadata: dict[str, str] | None = None,
+) -> web.WebSocketResponse:
+    """Count the session against its client's limit, then relay (upgrading ``ws`` if it
+    is not yet); released however it ends."""
+    state = request.app[STATE]
+    s = state.settings
     held = state.client_sessions.get(client, 0)
     limit = s.max_sessions_per_client
     if limit and held >= limit:
         await ws.prepare(request)
         state.limited_log.warning(log, "ws.client_limit", client=client, limit=limit)
-        state.metrics.count_error(errors.ERR_CAPACITY)
-        await ws.send_str(
-            protocol.error(
-                f"this client already has {held} sessions open, the most allowed; "
-                "end one and try again",
-                errors.ERR_CAPACITY,
-            )
+        await _refuse(
+            ws,
+            dialect,
+            f"this client already has {held} sessions open, the most allowed; "
+            "end one and try again",
+            b"too many sessions for this client",
+            state.metrics,
         )
-        await ws.close(code=errors.CLOSE_TRY_AGAIN, message=b"too many sessions for this client")
         return ws
     # Counted before the upgrade is awaited, so concurrent upgrades cannot all slip in.
     state.client_sessions[client] = held + 1
     try:
-        return await _relay(request, ws)
+        return await _relay(request, ws, dialect, instructions_file, metadata or {})
     finally:
         left = state.client_sessions.pop(client, 1) - 1
         if left > 0:
             state.client_sessions[client] = left
 
 
-async def _relay(request: web.Request, ws: web.WebSocketResponse) -> web.WebSocketResponse:
+async def _refuse(
+    ws: web.WebSocketResponse, dialect: Dialect, message: str, reason: bytes, metrics: Metrics
+) -> None:
+    """Close an upgraded socket at capacity: 1013, with an error a client can show."""
+    metrics.count_error(errors.ERR_CAPACITY)
+    if dialect.shows_text:
+        await ws.send_str(protocol.error(message, errors.ERR_CAPACITY))
+    await ws.close(code=errors.CLOSE_TRY_AGAIN, message=reason)
+
+
+async def _relay(
+    request: web.Request,
+    ws: web.WebSocketResponse,
+    dialect: Dialect,
+    instructions_file: Path | None,
+    metadata: dict[str, str],
+) -> web.WebSocketResponse:
     """Upgrade, register against the cap, run the session, unregister."""
     state = request.app[STATE]
     s = state.settings
@@ -93,9 +133,10 @@ async def _relay(request: web.Request, ws: web.WebSocketResponse) -> web.WebSock
     recorder: Recorder = (
         state.calls.recorder(
             session_id,
-            channel="browser",
+            channel=dialect.name,
             instance=state.registry.instance_id,
             client=request.remote or "",
+            metadata=metadata,
         )
         if state.calls is not None
         else NullRecorder()
@@ -110,6 +151,8 @@ async def _relay(request: web.Request, ws: web.WebSocketResponse) -> web.WebSock
         toolbox=state.toolbox,
         recorder=recorder,
         session_id=session_id,
+        dialect=dialect,
+        instructions_file=instructions_file,
     )
     record = SessionRecord(
         session_id=session.id,
@@ -120,18 +163,17 @@ async def _relay(request: web.Request, ws: web.WebSocketResponse) -> web.WebSock
         metrics=session.stats.as_dict(),
     )
     if not await state.registry.register(record, max_sessions=s.max_sessions):
-        log.warning("ws.at_capacity", max_sessions=s.max_sessions)
-        state.metrics.count_error(errors.ERR_CAPACITY)
-        await ws.send_str(
-            protocol.error(
-                f"the service is at capacity ({s.max_sessions} sessions); try again shortly",
-                errors.ERR_CAPACITY,
-            )
+        log.warning("ws.at_capacity", max_sessions=s.max_sessions, channel=dialect.name)
+        await _refuse(
+            ws,
+            dialect,
+            f"the service is at capacity ({s.max_sessions} sessions); try again shortly",
+            b"at capacity",
+            state.metrics,
         )
-        await ws.close(code=errors.CLOSE_TRY_AGAIN, message=b"at capacity")
         return ws
     state.sessions[session.id] = session
-    state.metrics.active.set(len(state.sessions))
+    set_active(state.metrics, (x.dialect.name for x in state.sessions.values()))
     try:
         await session.run()
     finally:
@@ -140,7 +182,7 @@ async def _relay(request: web.Request, ws: web.WebSocketResponse) -> web.WebSock
         elif session.stats.upstream_connect_ms is not None:
             state.upstream_failures = 0
         state.sessions.pop(session.id, None)
-        state.metrics.active.set(len(state.sessions))
+        set_active(state.metrics, (x.dialect.name for x in state.sessions.values()))
         try:
             await state.registry.unregister(session.id)
         except Exception as exc:

@@ -25,6 +25,7 @@ const TABLE = {
   "upstream_config_rejected": { "close": 1011, "retry": false },
   "agent_ended": { "close": 1000, "retry": false },
   "calls_unavailable": { "close": null, "retry": true },
+  "phone_off": { "close": null, "retry": false },
   "bad_query": { "close": null, "retry": false },
   "slow_consumer": { "close": 1013, "retry": true },
   "at_capacity": { "close": 1013, "retry": true },

@@ -212,7 +212,7 @@ class Session(ContinuityMixin):
         finally:
             self.done.set()
             end = self.end or EndReason("unknown")
-            self.prom.sessions.labels(reason=end.reason).inc()
+            self.prom.sessions.labels(reason=end.reason, channel=self.dialect.name).inc()
             self.count_audio()
             self.calls.ended(end.reason, int(end.close_code))
             log.info(

@@ -1,0 +1,219 @@
+"""The phone routes: Twilio's voice webhook and stream, and the ACS stream.
+
+* ``POST /twilio/voice``: Twilio asks what to do with a call. Answered only when
+  ``TWILIO_AUTH_TOKEN`` is set and the request carries Twilio's signature of it; the
+  TwiML connects the call to ``/ws/twilio`` with a per-call stream token.
+* ``GET /ws/twilio``: the stream. The token arrives in Twilio's ``start`` message (the
+  first thing Twilio sends after ``connected``), so the socket is upgraded, then closed
+  with 1008 unless ``start`` comes within ``PHONE_START_TIMEOUT_S`` carrying a valid
+  token for that very call. Nothing reaches Voice Live before.
+* ``GET /ws/acs``: the ACS stream, with the token in ``?token=`` (checked before the
+  upgrade); its first message, ``AudioMetadata``, sets the audio format.
+
+From there a phone call is a session like any other (:func:`voicebridge.ws_voice.
+serve_session`): registry, caps, limits, drain, tools, reconnects, call records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from typing import Any
+
+import aiohttp
+import orjson
+import structlog
+from aiohttp import web
+
+from voicebridge import errors
+from voicebridge.errors import ProtocolError
+from voicebridge.ops import json_error
+from voicebridge.phone import acs, signature, tokens, twilio
+from voicebridge.phone.callers import mask_number
+from voicebridge.phone.settings import PhoneSettings
+from voicebridge.state import STATE
+from voicebridge.ws_voice import serve_session, websocket
+
+log = structlog.get_logger(__name__)
+
+#: Frames read while waiting for a stream to say which call it is.
+_MAX_HANDSHAKE_FRAMES = 4
+#: Largest handshake message read (a ``start`` is well under 2 kB).
+_MAX_HANDSHAKE_CHARS = 16 * 1024
+TOKEN_SECRET = web.AppKey("phone_token_secret", bytes)
+
+
+def add_routes(app: web.Application) -> None:
+    """The phone routes, and the secret their tokens are signed with."""
+    phone: PhoneSettings = app[STATE].settings.phone
+    app[TOKEN_SECRET] = (
+        phone.token_secret.encode() if phone.token_secret else secrets.token_bytes(32)
+    )
+    app.router.add_post("/twilio/voice", twilio_voice)
+    app.router.add_get("/ws/twilio", twilio_stream)
+    app.router.add_get("/ws/acs", acs_stream)
+
+
+# -- Twilio ---------------------------------------------------------------------------
+
+
+async def twilio_voice(request: web.Request) -> web.Response:
+    """Twilio's voice webhook: TwiML connecting the call to ``/ws/twilio``."""
+    state = request.app[STATE]
+    phone = state.settings.phone
+    if not phone.twilio_enabled:
+        raise json_error(
+            web.HTTPServiceUnavailable,
+            "Twilio calls are off: set TWILIO_AUTH_TOKEN to the account's auth token",
+            errors.ERR_PHONE_OFF,
+        )
+    if state.draining:
+        # Twilio tries the number's fallback URL (another instance) on a 5xx.
+        raise json_error(web.HTTPServiceUnavailable, "server is shutting down", errors.ERR_SHUTDOWN)
+    form = await request.post()
+    params = [(k, v) for k, v in form.items() if isinstance(v, str)]
+    url = _public(request, phone) + request.path_qs if phone.public_url else str(request.url)
+    given = request.headers.get("X-Twilio-Signature", "")
+    if not signature.valid(phone.twilio_auth_token, given, url, params):
+        log.warning(
+            "twilio.bad_signature", missing=not given, remote=request.remote, url_checked=url
+        )
+        raise json_error(
+            web.HTTPForbidden, "the request is not signed by Twilio", errors.ERR_UNAUTHORIZED
+        )
+    call_sid = str(form.get("CallSid", ""))
+    if not call_sid or len(call_sid) > 64 or "|" in call_sid:
+        raise json_error(web.HTTPBadRequest, "CallSid is missing", errors.ERR_BAD_MESSAGE)
+    token = tokens.mint(
+        request.app[TOKEN_SECRET], channel="twilio", subject=call_sid, ttl_s=phone.token_ttl_s
+    )
+    parameters = {twilio.TOKEN_PARAMETER: token}
+    caller = str(form.get("From", ""))
+    if caller:
+        parameters["from"] = caller[:64]
+    stream_url = _public(request, phone).replace("http", "ws", 1) + "/ws/twilio"
+    log.info("twilio.call", call_sid=call_sid, caller=mask_number(caller) if caller else None)
+    return web.Response(text=twilio.twiml(stream_url, parameters), content_type="text/xml")
+
+
+async def twilio_stream(request: web.Request) -> web.StreamResponse:
+    """Twilio's media stream: upgrade, wait for a ``start`` with a valid token, relay."""
+    state = request.app[STATE]
+    s = state.settings
+    if state.draining:
+        raise json_error(web.HTTPServiceUnavailable, "server is shutting down", errors.ERR_SHUTDOWN)
+    ws = websocket(s.max_frame_bytes)
+    await ws.prepare(request)
+    try:
+        start = await _first_message(ws, s.phone.start_timeout_s, twilio.parse_start, "start")
+        grant = tokens.verify(
+            request.app[TOKEN_SECRET],
+            start.parameters.get(twilio.TOKEN_PARAMETER, ""),
+            channel="twilio",
+        )
+        if grant.subject != start.call_sid:
+            raise tokens.BadToken("the token is for another call")
+    except (ProtocolError, tokens.BadToken) as exc:
+        return await _reject(ws, request, "twilio", str(exc))
+    dialect = twilio.TwilioDialect(start, caller_number=start.parameters.get("from", ""))
+    log.info("twilio.stream", call_sid=start.call_sid, stream_sid=start.stream_sid)
+    return await serve_session(
+        request,
+        ws,
+        # One stream per call: a token replayed while its call is live finds it taken.
+        client=f"twilio:{start.call_sid}",
+        dialect=dialect,
+        instructions_file=s.phone.instructions_file,
+        metadata={"call_sid": start.call_sid, **_caller(start.parameters.get("from", ""))},
+    )
+
+
+# -- ACS ------------------------------------------------------------------------------
+
+
+async def acs_stream(request: web.Request) -> web.StreamResponse:
+    """ACS's media stream: a valid ``?token=`` first, then ``AudioMetadata``, then relay."""
+    state = request.app[STATE]
+    s = state.settings
+    if state.draining:
+        raise json_error(web.HTTPServiceUnavailable, "server is shutting down", errors.ERR_SHUTDOWN)
+    try:
+        grant = tokens.verify(
+            request.app[TOKEN_SECRET], request.query.get("token", ""), channel="acs"
+        )
+    except tokens.BadToken as exc:
+        log.info("ws.rejected", reason="token", channel="acs", why=str(exc), remote=request.remote)
+        raise json_error(
+            web.HTTPUnauthorized, "a valid stream token is required", errors.ERR_UNAUTHORIZED
+        ) from None
+    ws = websocket(s.max_frame_bytes)
+    await ws.prepare(request)
+    try:
+        audio, subscription = await _first_message(
+            ws, s.phone.start_timeout_s, acs.parse_metadata, "AudioMetadata"
+        )
+    except ProtocolError as exc:
+        return await _reject(ws, request, "acs", str(exc))
+    dialect = acs.AcsDialect(audio, subscription_id=subscription, call=grant.subject)
+    log.info("acs.stream", call=grant.subject, audio=str(audio))
+    return await serve_session(
+        request,
+        ws,
+        client=f"acs:{grant.subject}",
+        dialect=dialect,
+        instructions_file=s.phone.instructions_file,
+        metadata={"call": grant.subject},
+    )
+
+
+# -- shared ---------------------------------------------------------------------------
+
+
+async def _first_message(ws: web.WebSocketResponse, timeout_s: float, parse: Any, name: str) -> Any:
+    """The stream's opening message, parsed by ``parse``; messages before it that are not
+    it (Twilio's ``connected``) are skipped, a few at most. Raises :class:`ProtocolError`."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            for _ in range(_MAX_HANDSHAKE_FRAMES):
+                msg = await ws.receive()
+                if msg.type is not aiohttp.WSMsgType.TEXT:
+                    raise ProtocolError(f"the stream ended before its {name} message")
+                if len(msg.data) > _MAX_HANDSHAKE_CHARS:
+                    raise ProtocolError(f"the {name} message is too large")
+                try:
+                    data = orjson.loads(msg.data)
+                except orjson.JSONDecodeError:
+                    raise ProtocolError("message is not valid JSON") from None
+                if _opening(data, name):
+                    return parse(data)
+    except TimeoutError:
+        raise ProtocolError(f"no {name} message within {timeout_s:g} s") from None
+    raise ProtocolError(f"no {name} message among the first {_MAX_HANDSHAKE_FRAMES}")
+
+
+def _opening(data: Any, name: str) -> bool:
+    return isinstance(data, dict) and name in (data.get("event"), data.get("kind"))
+
+
+async def _reject(
+    ws: web.WebSocketResponse, request: web.Request, channel: str, why: str
+) -> web.WebSocketResponse:
+    """Close a stream that did not prove which call it is: 1008, nothing relayed."""
+    state = request.app[STATE]
+    state.limited_log.warning(
+        log, "ws.rejected", reason="stream_start", channel=channel, why=why, remote=request.remote
+    )
+    state.metrics.count_error(errors.ERR_UNAUTHORIZED)
+    await ws.close(code=errors.CLOSE_POLICY, message=b"a valid stream start is required")
+    return ws
+
+
+def _public(request: web.Request, phone: PhoneSettings) -> str:
+    """The base URL providers reach this server at: ``PUBLIC_URL``, or the request's."""
+    if phone.public_url:
+        return phone.public_url
+    return f"{request.scheme}://{request.host}"
+
+
+def _caller(number: str) -> dict[str, str]:
+    return {"from": mask_number(number)} if number else {}
