@@ -77,13 +77,16 @@ async def serve_session(
     dialect: Dialect,
     instructions_file: Path | None = None,
     metadata: dict[str, str] | None = None,
+    limit: int | None = None,
 ) -> web.WebSocketResponse:
-    """Count the session against its client's limit, then relay (upgrading ``ws`` if it
-    is not yet); released however it ends."""
+    """Count the session against its client's limit (``MAX_SESSIONS_PER_CLIENT`` unless
+    ``limit`` says), then relay (upgrading ``ws`` if it is not yet); released however it
+    ends."""
     state = request.app[STATE]
     s = state.settings
     held = state.client_sessions.get(client, 0)
-    limit = s.max_sessions_per_client
+    if limit is None:
+        limit = s.max_sessions_per_client
     if limit and held >= limit:
         await ws.prepare(request)
         state.limited_log.warning(log, "ws.client_limit", client=client, limit=limit)

@@ -122,6 +122,7 @@ async def twilio_stream(request: web.Request) -> web.StreamResponse:
         ws,
         # One stream per call: a token replayed while its call is live finds it taken.
         client=f"twilio:{start.call_sid}",
+        limit=1,
         dialect=dialect,
         instructions_file=s.phone.instructions_file,
         metadata={"call_sid": start.call_sid, **_caller(start.parameters.get("from", ""))},
@@ -160,6 +161,7 @@ async def acs_stream(request: web.Request) -> web.StreamResponse:
         request,
         ws,
         client=f"acs:{grant.subject}",
+        limit=1,
         dialect=dialect,
         instructions_file=s.phone.instructions_file,
         metadata={"call": grant.subject},

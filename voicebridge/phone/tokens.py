@@ -15,6 +15,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import re
 import time
 
 import attrs
@@ -22,6 +23,7 @@ import attrs
 _VERSION = "v1"
 #: Longer tokens are refused before any work is done on them.
 MAX_TOKEN_CHARS = 512
+_B64URL = re.compile(r"[A-Za-z0-9_-]+")
 
 
 class BadToken(ValueError):
@@ -64,7 +66,7 @@ def verify(secret: bytes, token: str, *, channel: str, now: float | None = None)
         raise BadToken("missing or oversized token")
     version, _, rest = token.partition(".")
     payload, _, mac = rest.partition(".")
-    if version != _VERSION or not payload or not mac:
+    if version != _VERSION or not _B64URL.fullmatch(payload) or not _B64URL.fullmatch(mac):
         raise BadToken("malformed token")
     expected = _mac(secret, payload)
     if not hmac.compare_digest(expected.encode(), mac.encode("utf-8", "surrogatepass")):

@@ -555,11 +555,7 @@ class Session(ContinuityMixin):
         else:
             self._record.system(text)
         self.calls.user_typed(f"[keypad] {digits}")
-        self._answer_owed = True
-        if not self._link.accepting:
-            return  # the next connection gets it in its replay and is asked to answer
-        await self._link.send({"type": "conversation.item.create", "item": item})
-        await self._link.send({"type": "response.create"})
+        await self._ask_agent(item)
 
     async def _send_audio(self, data: bytes) -> None:
         pcm = data if self._aligner is None else self._aligner.feed(data)
@@ -598,12 +594,18 @@ class Session(ContinuityMixin):
         }
         self._record.user(text)
         self.calls.user_typed(text)
+        await self._ask_agent(item)
+
+    async def _ask_agent(self, item: dict[str, Any]) -> None:
+        """Add ``item`` (already in the record) to the conversation and ask for an answer."""
         self._answer_owed = True
-        if not self._link.accepting:
-            # The next connection gets the message in its replay and is asked to answer.
+        if not self._link.accepting and self._started_sent:
+            # The next connection gets the item in its replay and is asked to answer.
             return
-        await self._link.send({"type": "conversation.item.create", "item": item})
-        await self._link.send({"type": "response.create"})
+        # Before the first session.updated nothing is replayed: hold until it comes.
+        hold = not self._started_sent
+        await self._link.send({"type": "conversation.item.create", "item": item}, hold=hold)
+        await self._link.send({"type": "response.create"}, hold=hold)
 
     # -- upstream -> client ------------------------------------------------------------
 

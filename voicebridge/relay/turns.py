@@ -173,10 +173,12 @@ class TurnTracker:
         """A client's playback report; True when it was applied.
 
         With an id it applies to that response only; without one (older clients) to the
-        response written last. A report for audio never written is ignored.
+        response written last. A report for audio never written is ignored, and so is
+        one for a response a barge-in silenced (Twilio echoes the marks a ``clear``
+        discarded as if they had played).
         """
         track = self.tracks.get(response_id) if response_id else self.last_written
-        if track is None or track.first_audio_at is None:
+        if track is None or track.first_audio_at is None or track.muted:
             return False
         track.reported_ms = played_ms
         track.reported_at = now
