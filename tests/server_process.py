@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -21,8 +22,12 @@ class ServerProcess:
 
     def __init__(self, log_dir: Path, **env: str) -> None:
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.ws_url = f"ws://127.0.0.1:{self.port}/ws/voice"
+        cert = env.get("TLS_CERT_FILE")
+        # With TLS_CERT_FILE (a self-signed certificate for 127.0.0.1), https and wss.
+        self.ssl: ssl.SSLContext | None = ssl.create_default_context(cafile=cert) if cert else None
+        scheme = "https" if cert else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
+        self.ws_url = f"{'wss' if cert else 'ws'}://127.0.0.1:{self.port}/ws/voice"
         self.log_path = log_dir / f"server-{self.port}.log"
         self.env = clean_environ(
             {
@@ -48,7 +53,9 @@ class ServerProcess:
                 stderr=subprocess.STDOUT,
             )
         deadline = time.monotonic() + timeout
-        async with aiohttp.ClientSession() as http:
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=self.ssl or True)
+        ) as http:
             while True:
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"server exited early:\n{self.log()}")

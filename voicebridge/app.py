@@ -21,6 +21,7 @@ import errno
 import functools
 import secrets
 import signal
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -422,6 +423,17 @@ class PortInUse(Exception):
         )
 
 
+def server_tls(settings: Settings) -> ssl.SSLContext | None:
+    """The TLS context of TLS_CERT_FILE / TLS_KEY_FILE (checked when settings load); None
+    for plain HTTP. TLS 1.2 at least, the defaults of Python's server context otherwise."""
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
+    return context
+
+
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM/SIGINT, then drain: 503 on /health, sessions finish, exit."""
     _log_settings_warnings(settings)
@@ -438,11 +450,18 @@ async def serve(settings: Settings) -> None:
         limited_log=app[STATE].limited_log,
     )
     loop = asyncio.get_running_loop()
+    tls = server_tls(settings)
     # Not a web.TCPSite: a site listens with the runner's protocol factory as is, and the
     # cap needs a say in each accepted connection.
     try:
         listener = await loop.create_server(
-            guard, settings.app_host or None, settings.app_port, backlog=128
+            guard,
+            settings.app_host or None,
+            settings.app_port,
+            backlog=128,
+            ssl=tls,
+            # A TLS handshake that never completes holds a connection like a slow head.
+            ssl_handshake_timeout=settings.request_timeout_s if tls is not None else None,
         )
     except OSError as exc:
         await runner.cleanup()  # the emulator and registry started with the app
@@ -454,7 +473,8 @@ async def serve(settings: Settings) -> None:
         "app.listening",
         host=settings.app_host,
         port=settings.app_port,
-        open=f"http://{shown_host}:{settings.app_port}/",
+        open=f"{'https' if tls else 'http'}://{shown_host}:{settings.app_port}/",
+        tls=tls is not None,
     )
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

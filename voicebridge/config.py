@@ -144,6 +144,10 @@ class Settings:
     log_format: str = "console"
     max_connections: int = 1000
     request_timeout_s: float = 5.0
+    # HTTPS and WSS served directly (PEM files); both or neither. Behind a TLS-terminating
+    # proxy, leave them empty.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
 
     # Sessions and limits
     session_registry: str = attrs.field(default="memory", repr=False)
@@ -481,6 +485,8 @@ class _Loader:
             "log_format": g("LOG_FORMAT", str, d.log_format).lower(),
             "max_connections": g("MAX_CONNECTIONS", _parse_int, d.max_connections),
             "request_timeout_s": g("REQUEST_TIMEOUT_S", _parse_float, d.request_timeout_s),
+            "tls_cert_file": g("TLS_CERT_FILE", Path, None),
+            "tls_key_file": g("TLS_KEY_FILE", Path, None),
             "session_registry": g("SESSION_REGISTRY", str, d.session_registry),
             "max_sessions": g("MAX_SESSIONS", _parse_int, d.max_sessions),
             "session_max_duration_s": g(
@@ -536,6 +542,39 @@ class _Loader:
             raise ConfigError(self.problems)
         return settings
 
+    def validate_tls(self, cert: Path | None, key: Path | None) -> None:
+        """Both files or neither, each readable, and a certificate that goes with the key."""
+        if (cert is None) != (key is None):
+            given, missing = (
+                ("TLS_CERT_FILE", "TLS_KEY_FILE")
+                if key is None
+                else (
+                    "TLS_KEY_FILE",
+                    "TLS_CERT_FILE",
+                )
+            )
+            self.problems.append(f"{missing}: required with {given} (HTTPS needs both files)")
+            return
+        if cert is None or key is None:
+            return
+        import ssl
+
+        for name, path in (("TLS_CERT_FILE", cert), ("TLS_KEY_FILE", key)):
+            if not path.is_file():
+                self.problems.append(f"{name}: no such file: {path}")
+                return
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+        except (OSError, ssl.SSLError) as exc:
+            # The message names no key material, only what is wrong with the pair.
+            mismatch = getattr(exc, "reason", None) == "KEY_VALUES_MISMATCH"
+            why = (
+                "the private key does not belong to the certificate"
+                if mismatch
+                else "they are not a PEM certificate and its PEM private key"
+            )
+            self.problems.append(f"TLS_CERT_FILE / TLS_KEY_FILE: {cert}, {key}: {why}")
+
     def apply_model_defaults(self, v: dict[str, Any]) -> None:
         """Voice and transcription model not set: those the model (or agent) takes."""
         agent = bool(v["voicelive_agent_name"])
@@ -585,6 +624,7 @@ class _Loader:
         c(v["vad_prefix_padding_ms"] >= 0, "VAD_PREFIX_PADDING_MS: must be 0 or more")
         c(v["vad_silence_duration_ms"] > 0, "VAD_SILENCE_DURATION_MS: must be more than 0")
         c(1 <= v["app_port"] <= 65535, f"APP_PORT: must be 1..65535, got {v['app_port']}")
+        self.validate_tls(v["tls_cert_file"], v["tls_key_file"])
         c(v["log_level"] in LOG_LEVELS, f"LOG_LEVEL: must be one of {', '.join(LOG_LEVELS)}")
         c(v["log_format"] in {"console", "json"}, "LOG_FORMAT: must be 'console' or 'json'")
         c(bool(v["voice_name"].strip()), "VOICE_NAME: must not be empty")
