@@ -14,6 +14,7 @@ from aiohttp import web
 from tests.conftest import KEY, MakeClient, StartEmulator, make_settings, relay_settings
 from tests.speech import make_speech_pcm
 from tests.voice_client import is_msg, open_voice, silence, started, tone
+from voicebridge import errors
 from voicebridge.app import STATE
 from voicebridge.emulator import RunningEmulator
 from voicebridge.relay import Session
@@ -200,6 +201,28 @@ async def test_upstream_wrong_key(start_emu: StartEmulator, make_client: MakeCli
     voice = await open_voice(client)
     error = await voice.until_type("error")
     assert "401" in error["message"] and "wrong-key-42" not in error["message"]
+    # Permanent until the operator fixes the key: a code clients do not retry on.
+    assert error["code"] == "upstream_auth_rejected"
+    assert not errors.CODES[error["code"]].retry
+    assert await voice.until_closed() == 1011
+    health = await (await client.get("/health")).json()
+    assert health["upstream"]["consecutive_connect_failures"] == 1
+
+
+async def test_unreadable_instructions_end_the_session_with_a_permanent_code(
+    start_emu: StartEmulator, make_client: MakeClient, tmp_path: Path
+) -> None:
+    """A prompt file deleted after start-up: the caller is told once, with a code clients
+    do not retry on (retrying would fail the same way), and the operator's log says why."""
+    emu = await start_emu()
+    prompt = tmp_path / "prompt.md"
+    prompt.write_text("Be brief.")
+    client = await make_client(relay_settings(emu, AGENT_INSTRUCTIONS_FILE=str(prompt)))
+    prompt.unlink()
+    voice = await open_voice(client)
+    error = await voice.until_type("error")
+    assert error["code"] == "server_misconfigured"
+    assert not errors.CODES[error["code"]].retry
     assert await voice.until_closed() == 1011
 
 

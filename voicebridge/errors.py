@@ -50,6 +50,8 @@ ERR_CALLS_UNAVAILABLE: Final = "calls_unavailable"
 ERR_BAD_QUERY: Final = "bad_query"
 ERR_HOST_NOT_ALLOWED: Final = "host_not_allowed"
 ERR_PHONE_OFF: Final = "phone_off"
+ERR_UPSTREAM_AUTH: Final = "upstream_auth_rejected"
+ERR_MISCONFIGURED: Final = "server_misconfigured"
 
 
 @attrs.frozen
@@ -106,6 +108,13 @@ CODES: Final[dict[str, CodeInfo]] = {
     # Permanent until an operator changes the settings: reconnecting would fail the same way.
     ERR_UPSTREAM_CONFIG_REJECTED: CodeInfo(
         CLOSE_UPSTREAM, False, "Voice Live refused the session's configuration"
+    ),
+    # Permanent until an operator acts: retrying would fail the same way.
+    ERR_UPSTREAM_AUTH: CodeInfo(
+        CLOSE_UPSTREAM, False, "Voice Live refused the server's API key or identity"
+    ),
+    ERR_MISCONFIGURED: CodeInfo(
+        CLOSE_UPSTREAM, False, "the server cannot run a session as configured (its log says why)"
     ),
     ERR_INTERNAL: CodeInfo(CLOSE_UPSTREAM, True, "an unexpected server error"),
     ERR_SHUTDOWN: CodeInfo(CLOSE_GOING_AWAY, True, "the server is restarting"),

@@ -26,6 +26,9 @@ from voicebridge.state import STATE
 
 log = structlog.get_logger(__name__)
 
+#: Session ends that count against the upstream's health (/health, degraded).
+UPSTREAM_FAILURES = frozenset({"upstream_connect_failed", "upstream_auth_rejected"})
+
 
 async def voice_ws(request: web.Request) -> web.StreamResponse:
     """Upgrade, check access, register, relay; unregister whatever way it ends."""
@@ -180,7 +183,7 @@ async def _relay(
     try:
         await session.run()
     finally:
-        if session.end is not None and session.end.reason == "upstream_connect_failed":
+        if session.end is not None and session.end.reason in UPSTREAM_FAILURES:
             state.upstream_failures += 1
         elif session.stats.upstream_connect_ms is not None:
             state.upstream_failures = 0

@@ -26,6 +26,8 @@ const TABLE = {
   "agent_ended": { "close": 1000, "retry": false },
   "calls_unavailable": { "close": null, "retry": true },
   "phone_off": { "close": null, "retry": false },
+  "upstream_auth_rejected": { "close": 1011, "retry": false },
+  "server_misconfigured": { "close": 1011, "retry": false },
   "bad_query": { "close": null, "retry": false },
   "slow_consumer": { "close": 1013, "retry": true },
   "at_capacity": { "close": 1013, "retry": true },

@@ -51,7 +51,13 @@ from voicebridge.relay.session_config import build_session_config
 from voicebridge.relay.stats import SessionStats
 from voicebridge.relay.tool_calls import ToolCalls
 from voicebridge.relay.turns import ResponseTrack, TurnTracker
-from voicebridge.relay.upstream import Upstream, UpstreamClosed, UpstreamConfig, open_connection
+from voicebridge.relay.upstream import (
+    Upstream,
+    UpstreamClosed,
+    UpstreamConfig,
+    UpstreamRefused,
+    open_connection,
+)
 
 if TYPE_CHECKING:
     from voicebridge.tools import Toolbox
@@ -326,8 +332,8 @@ class Session(ContinuityMixin):
             log.error("session.instructions_unreadable", error=str(exc))
             self._stop(
                 "config_error",
-                errors.ERR_INTERNAL,
-                "the agent's instructions could not be read; please try again later",
+                errors.ERR_MISCONFIGURED,
+                "the agent's instructions could not be read; the operator has been told",
             )
             return
         self._session_config = build_session_config(self.settings, instructions, self.audio)
@@ -351,6 +357,10 @@ class Session(ContinuityMixin):
         if attempt.cancelled():
             return
         failure = attempt.exception()
+        if isinstance(failure, UpstreamRefused):
+            log.error("session.upstream_refused", error=failure.detail)
+            self._stop("upstream_auth_rejected", errors.ERR_UPSTREAM_AUTH, failure.detail)
+            return
         if isinstance(failure, UpstreamClosed):
             self._upstream_failed(failure.detail)
             return

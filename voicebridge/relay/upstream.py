@@ -125,6 +125,10 @@ class UpstreamClosed(Exception):
         self.detail = detail
 
 
+class UpstreamRefused(UpstreamClosed):
+    """Voice Live refused the credentials (HTTP 401/403): permanent until fixed."""
+
+
 def realtime_url(config: UpstreamConfig) -> str:
     """The WebSocket URL: ``ws(s)://host/path/voice-live/realtime?api-version=..&model=..``,
     or with ``agent-name``, ``agent-project-name`` (and ``agent-version``) for an agent."""
@@ -192,7 +196,8 @@ async def open_connection(
             if refused and config.credential is not None:
                 config.credential.forget()
             detail = describe(exc, auth=config.auth)
-            raise UpstreamClosed(f"could not connect to Voice Live: {detail}") from None
+            error = UpstreamRefused if refused else UpstreamClosed
+            raise error(f"could not connect to Voice Live: {detail}") from None
         raise
     return VoiceLiveConnection(http, ws)
 
