@@ -36,6 +36,7 @@ DEFAULT_API_VERSION = "2026-07-15"
 #: The model the built-in emulator stands in for when no deployment is named.
 DEFAULT_EMULATOR_MODEL = "gpt-realtime"
 AUTH_MODES = ("key", "entra")
+PREFLIGHT_MODES = ("off", "warn", "require")
 #: Values of the on/off settings that turn a feature off.
 OFF = "off"
 MASK = "***"
@@ -129,6 +130,9 @@ class Settings:
     # with health_fails_when_degraded, /health then answers 503 so a balancer stops routing.
     upstream_degraded_after: int = 3
     health_fails_when_degraded: bool = False
+    # At start-up, open one Voice Live session with these credentials and settings:
+    # off, warn (log it; /health degraded) or require (do not start).
+    upstream_preflight: str = "off"
     # Server-side tools (voicebridge.tools): the TOML file that defines them (None: no
     # tools); whether the client's `tool` messages carry arguments and outputs; how many
     # calls of one response run at once.
@@ -463,6 +467,7 @@ class _Loader:
             "upstream_degraded_after": g(
                 "UPSTREAM_DEGRADED_AFTER", _parse_int, d.upstream_degraded_after
             ),
+            "upstream_preflight": g("UPSTREAM_PREFLIGHT", str, d.upstream_preflight).lower(),
             "health_fails_when_degraded": g(
                 "HEALTH_FAILS_WHEN_DEGRADED", _parse_bool, d.health_fails_when_degraded
             ),
@@ -620,6 +625,11 @@ class _Loader:
                     "AZURE_OPENAI_ENDPOINT: must be an http(s) or ws(s) URL such as "
                     "https://my-resource.services.ai.azure.com",
                 )
+        c(
+            v["upstream_preflight"] in PREFLIGHT_MODES,
+            f"UPSTREAM_PREFLIGHT: must be one of {', '.join(PREFLIGHT_MODES)}, "
+            f"got {v['upstream_preflight']!r}",
+        )
         c(0.0 <= v["vad_threshold"] <= 1.0, "VAD_THRESHOLD: must be between 0 and 1")
         c(v["vad_prefix_padding_ms"] >= 0, "VAD_PREFIX_PADDING_MS: must be 0 or more")
         c(v["vad_silence_duration_ms"] > 0, "VAD_SILENCE_DURATION_MS: must be more than 0")
