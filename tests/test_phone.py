@@ -338,3 +338,37 @@ def test_speech_fixture_is_real_speech(tmp_path: Path) -> None:
     for fmt in (AudioFormat.for_channel("twilio"), AudioFormat.for_channel("acs", 16000)):
         audio = _speech(fmt, "Hello there")
         assert audio.ms > 800
+
+
+async def test_a_phone_call_has_its_own_instructions_and_survives_a_lost_upstream(
+    start_emu: StartEmulator, make_client: MakeClient, tmp_path: Path
+) -> None:
+    """PHONE_INSTRUCTIONS_FILE reaches Voice Live for a phone call; when the Voice Live
+    connection drops mid-call, the call goes on over a new one and the next turn is
+    answered, in μ-law still."""
+    prompt = tmp_path / "phone.md"
+    prompt.write_text("You are on the phone: keep answers short.")
+    emu, client = await _phone_app(start_emu, make_client, PHONE_INSTRUCTIONS_FILE=str(prompt))
+    call = TwilioCall(_base(client), AUTH)
+    try:
+        await call.start()
+        config = await _configured(emu)
+        assert config["instructions"] == "You are on the phone: keep answers short."
+        said = await call.speak(_speech(call.fmt, "Hello, who is this?"))
+        assert await call.wait_first_audio(said, within_s=10)
+        assert await call.wait_quiet(gap_ms=400, within_s=20)
+        assert emu.drop_connections() == 1
+        await _until(lambda: _reconnected(client))
+        assert emu.connections_accepted == 2
+        config = await _configured(emu)
+        assert config["output_audio_format"] == "g711_ulaw"
+        said = await call.speak(_speech(call.fmt, "Are you still there?"))
+        assert await call.wait_first_audio(said, within_s=10)
+        assert call.metrics().unexpected == 0
+    finally:
+        await call.hangup()
+
+
+async def _reconnected(client: TestClient[Any, Any]) -> bool:
+    sessions = await _sessions(client)
+    return bool(sessions) and sessions[0]["metrics"]["upstream"]["reconnects"] == 1
