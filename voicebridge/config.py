@@ -57,6 +57,14 @@ class ConfigError(Exception):
 _SECRET_QUERY = re.compile(r"key|token|pass|secret|sig|auth|credential|code", re.IGNORECASE)
 
 
+def shown_path(path: Path) -> str:
+    """A path as a problem names it: a relative one with what it resolves to, since the
+    working directory of a service is rarely the one its operator has in mind."""
+    if path.is_absolute():
+        return str(path)
+    return f"{path} (resolved to {path.absolute()})"
+
+
 def mask_url(url: str) -> str:
     """The URL with its credentials replaced by ``***``, for logs and error messages: the
     password in the userinfo (a userinfo without one is masked whole: it may be a token),
@@ -240,7 +248,7 @@ class Settings:
             elif field.name in _URL_FIELDS:
                 value = mask_url(value)
             elif isinstance(value, Path):
-                value = str(value)
+                value = str(value.absolute())
             elif isinstance(value, tuple):
                 value = list(value)
             elif field.name in ("calls", "phone"):
@@ -566,7 +574,7 @@ class _Loader:
 
         for name, path in (("TLS_CERT_FILE", cert), ("TLS_KEY_FILE", key)):
             if not path.is_file():
-                self.problems.append(f"{name}: no such file: {path}")
+                self.problems.append(f"{name}: no such file: {shown_path(path)}")
                 return
         try:
             ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
@@ -578,7 +586,9 @@ class _Loader:
                 if mismatch
                 else "they are not a PEM certificate and its PEM private key"
             )
-            self.problems.append(f"TLS_CERT_FILE / TLS_KEY_FILE: {cert}, {key}: {why}")
+            self.problems.append(
+                f"TLS_CERT_FILE / TLS_KEY_FILE: {shown_path(cert)}, {shown_path(key)}: {why}"
+            )
 
     def apply_model_defaults(self, v: dict[str, Any]) -> None:
         """Voice and transcription model not set: those the model (or agent) takes."""
@@ -644,7 +654,9 @@ class _Loader:
             instructions.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            self.problems.append(f"AGENT_INSTRUCTIONS_FILE: cannot read {instructions}: {reason}")
+            self.problems.append(
+                f"AGENT_INSTRUCTIONS_FILE: cannot read {shown_path(instructions)}: {reason}"
+            )
         tools_file: Path | None = v["tools_file"]
         if tools_file is not None:
             # What the file defines is checked by voicebridge.tools.load_toolbox; here only
@@ -652,7 +664,9 @@ class _Loader:
             try:
                 tools_file.read_bytes()
             except OSError as exc:
-                self.problems.append(f"TOOLS_FILE: cannot read {tools_file}: {exc.strerror or exc}")
+                self.problems.append(
+                    f"TOOLS_FILE: cannot read {shown_path(tools_file)}: {exc.strerror or exc}"
+                )
         c(
             1 <= v["tools_max_concurrent"] <= MAX_TOOLS_CONCURRENT,
             f"TOOLS_MAX_CONCURRENT: must be 1..{MAX_TOOLS_CONCURRENT}",

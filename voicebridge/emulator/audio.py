@@ -1,8 +1,10 @@
 """PCM16 helpers for the emulator: frame loudness, durations and synthesized voices.
 
 All audio here is what Voice Live speaks on the wire for `pcm16`: signed 16-bit little-endian,
-24 kHz, mono. The helpers are pure Python (`array`) on purpose: no numpy, and no `audioop`,
-which is deprecated and gone in Python 3.13.
+24 kHz, mono. It is the emulator's one internal format: formats.py converts a session's
+other input and output formats (pcm16 at 8/16 kHz, G.711) to and from it. The helpers
+are pure Python (`array`) on purpose: no numpy, and no `audioop`, which is deprecated and
+gone in Python 3.13.
 """
 
 from __future__ import annotations

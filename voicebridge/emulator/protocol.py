@@ -18,13 +18,14 @@ from urllib.parse import urlsplit
 import attrs
 
 from voicebridge import voicelive
+from voicebridge.emulator import formats
 from voicebridge.voicelive import OPENAI_VOICES, Target
 
 JSON = dict[str, Any]
 
 # --- error codes -------------------------------------------------------------------------
 # The service's codes where its behaviour is known; `emulator_unsupported` marks values the
-# service accepts but the emulator does not implement (e.g. g711 audio).
+# service accepts but the emulator does not implement (e.g. a client echo reference).
 ERR_INVALID_JSON = "invalid_json"
 ERR_INVALID_EVENT = "invalid_event"
 ERR_MISSING_PARAMETER = "missing_required_parameter"
@@ -153,11 +154,11 @@ NOISE_REDUCTION_TYPES = voicelive.NOISE_REDUCTION_TYPES
 #: semantic_vad's `eagerness` (reference, RealtimeOpenAISemanticVAD).
 EAGERNESS = frozenset({"auto", "low", "medium", "high"})
 MODALITIES = frozenset({"text", "audio", "animation", "avatar"})
-KNOWN_INPUT_FORMATS = frozenset({"pcm16", "g711_ulaw", "g711_alaw"})
-KNOWN_OUTPUT_FORMATS = frozenset(
-    {"pcm16", "pcm16_8000hz", "pcm16_16000hz", "g711_ulaw", "g711_alaw"}
-)
-KNOWN_SAMPLING_RATES = frozenset({8000, 16000, 24000})
+# Audio formats and the rates each takes (SDK InputAudioFormat / OutputAudioFormat and the
+# input_audio_sampling_rate docstring; see emulator/formats.py, which cites them).
+KNOWN_INPUT_FORMATS = frozenset(formats.INPUT_RATES)
+KNOWN_OUTPUT_FORMATS = frozenset(formats.OUTPUT_FORMATS)
+KNOWN_SAMPLING_RATES = frozenset(rate for rates in formats.INPUT_RATES.values() for rate in rates)
 
 # Fields of the SDK's RequestSession; the emulator stores and echoes the ones it does not act
 # on (tools, avatar, ...), and refuses anything else as the service does.
@@ -329,15 +330,35 @@ def _normalize_turn_detection(value: object) -> JSON | None:
 
 
 def _check_format(value: object, param: str, known: frozenset[str]) -> str:
-    if value == "pcm16":
-        return value
+    # Exact values only: not the SDK's legacy "pcm16-8000hz" spellings (formats.py says why).
     if isinstance(value, str) and value in known:
-        raise ProtocolError(
-            ERR_EMULATOR_UNSUPPORTED,
-            f"The emulator handles pcm16 audio only, not '{value}'.",
-            param,
-        )
+        return value
     raise _invalid(param, f"Invalid value: {value!r}. Supported values are: {sorted(known)}.")
+
+
+def _check_sampling_rate(current: Mapping[str, Any], fields: Mapping[str, Any], new: JSON) -> None:
+    """Settle `input_audio_sampling_rate` against the merged `input_audio_format`.
+
+    The SDK's rule (RequestSession.input_audio_sampling_rate): "For pcm16: 8000, 16000,
+    24000; For g711_alaw/g711_ulaw: 8000". An update that changes the format without
+    naming a rate gets the new format's own (g711: 8000; pcm16: its default 24000,
+    InputAudioFormat.PCM16); one that names a rate the format does not take is refused,
+    naming the rate.
+    """
+    codec = new["input_audio_format"]
+    rates = formats.INPUT_RATES[codec]
+    param = "session.input_audio_sampling_rate"
+    if "input_audio_sampling_rate" not in fields:
+        if codec != current.get("input_audio_format"):
+            new["input_audio_sampling_rate"] = rates[0]
+        return
+    rate = new["input_audio_sampling_rate"]
+    if rate not in rates:
+        allowed = " or ".join(str(r) for r in sorted(rates))
+        raise _invalid(
+            param,
+            f"Invalid value: {rate!r}; input_audio_format '{codec}' takes {allowed} Hz.",
+        )
 
 
 def _check_typed(value: object, param: str, types: frozenset[str]) -> JSON | None:
@@ -415,13 +436,9 @@ def _merge_session_update(current: Mapping[str, Any], update: object, target: Ta
         elif key == "output_audio_format":
             new[key] = _check_format(value, param, KNOWN_OUTPUT_FORMATS)
         elif key == "input_audio_sampling_rate":
-            if value not in KNOWN_SAMPLING_RATES:
+            if type(value) is not int or value not in KNOWN_SAMPLING_RATES:
                 raise _invalid(param, f"Invalid value: {value!r}; expected 8000, 16000 or 24000.")
-            if value != 24000:
-                raise ProtocolError(
-                    ERR_EMULATOR_UNSUPPORTED, "The emulator handles 24 kHz audio only.", param
-                )
-            new[key] = value
+            new[key] = value  # against the format once every field is merged
         elif key == "input_audio_noise_reduction":
             new[key] = _check_typed(value, param, NOISE_REDUCTION_TYPES)
         elif key == "input_audio_echo_cancellation":
@@ -464,6 +481,7 @@ def _merge_session_update(current: Mapping[str, Any], update: object, target: Ta
             new[key] = value
     if "tools" in fields or "tool_choice" in fields:
         check_tool_choice(new.get("tool_choice", "auto"), new.get("tools") or [])
+    _check_sampling_rate(current, fields, new)
     return new
 
 

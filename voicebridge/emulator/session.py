@@ -5,13 +5,15 @@ send callback; it never touches the socket itself, so the transport (server.py) 
 authentication, fault injection and closing. What it does:
 
 * `session.update` -> validated, merged, echoed in `session.updated`;
-* `input_audio_buffer.append` -> energy VAD (vad.py) -> speech_started / speech_stopped ->
+* `input_audio_buffer.append` -> decoded from the session's input format to PCM16 24 kHz
+  (formats.py) -> energy VAD (vad.py) -> speech_started / speech_stopped ->
   committed -> conversation.item.created -> an automatic response, with the input
   transcription (`.delta` events, then `.completed` or, injected, `.failed`) before
   `response.created` or, as the service may send it, after;
 * responses "answer" by echoing the user's utterance back as the agent's voice (or, for a
   typed message, tone bursts as long as the answer text; with nothing to answer, a chime),
-  streamed by a player task in `chunk_ms` deltas, in real time unless told otherwise;
+  streamed by a player task in `chunk_ms` deltas in the session's output format, in real
+  time unless told otherwise;
 * response.cancel, barge-in (speech while a response plays), item create / retrieve /
   truncate / delete, buffer commit / clear, and the service's `error` event for bad input;
 * on demand: responses that end `failed` or `incomplete`, and a `warning` after each
@@ -50,6 +52,7 @@ import attrs
 import orjson
 import structlog
 
+from voicebridge.emulator import formats
 from voicebridge.emulator import protocol as p
 from voicebridge.emulator.audio import (
     BYTES_PER_MS,
@@ -128,7 +131,10 @@ class ItemRecord:
     """A conversation item as the client saw it (no audio), and its assistant audio length."""
 
     item: JSON
+    #: Assistant audio sent for the item, in bytes of `audio_format` (the session's
+    #: output format when its response started).
     audio_bytes: int = 0
+    audio_format: formats.AudioFormat = formats.PCM16_24K
 
 
 @attrs.define(eq=False)
@@ -187,6 +193,8 @@ class EmulatorSession:
     config: JSON = attrs.field(init=False)
     _turn: p.TurnSettings | None = attrs.field(init=False)
     _vad: EnergyVad | None = attrs.field(init=False)
+    # Input audio in the session's input format -> PCM16 24 kHz, what the rest works on.
+    _decoder: formats.InputDecoder = attrs.field(init=False)
     _lock: asyncio.Lock = attrs.field(init=False, factory=asyncio.Lock)
     # Input audio: `_buffer` holds audio from byte position `_buffer_base` up to `_position`.
     _buffer: bytearray = attrs.field(init=False, factory=bytearray)
@@ -232,6 +240,7 @@ class EmulatorSession:
             }
         self._turn = p.turn_settings(self.config)
         self._vad = self._new_vad()
+        self._decoder = formats.InputDecoder(formats.input_format(self.config))
 
     def items(self) -> list[JSON]:
         """The conversation's items, oldest first (what a test checks was replayed)."""
@@ -317,6 +326,10 @@ class EmulatorSession:
     async def _on_session_update(self, event: JSON) -> None:
         new = p.apply_session_update(self.config, event.get("session"), self.target)
         self.config = new
+        if formats.input_format(new) != self._decoder.format:
+            # Buffered audio is already PCM16 24 kHz, so it stays valid; appends from now
+            # on are read in the new format (a 16 kHz odd sample held back is dropped).
+            self._decoder = formats.InputDecoder(formats.input_format(new))
         turn = p.turn_settings(new)
         if turn != self._turn:
             self._turn = turn
@@ -428,28 +441,38 @@ class EmulatorSession:
                 p.ERR_MISSING_PARAMETER, "Missing required parameter: 'audio'.", "audio"
             )
         try:
-            pcm = binascii.a2b_base64(audio, strict_mode=True)
+            data = binascii.a2b_base64(audio, strict_mode=True)
         except binascii.Error as exc:
             raise p.ProtocolError(
                 p.ERR_INVALID_VALUE, f"Invalid 'audio': not valid base64 ({exc}).", "audio"
             ) from None
-        if len(pcm) % 2:
+        # pcm16 is whole 2-byte samples; G.711 is one byte a sample, so any count will do.
+        if self._decoder.format.codec == "pcm16" and len(data) % 2:
             raise p.ProtocolError(
                 p.ERR_INVALID_VALUE,
                 "Invalid 'audio': pcm16 audio must be whole 16-bit samples (an even byte count).",
                 "audio",
             )
         if self.get_options().mirror:
-            await self._mirror(audio)
+            await self._mirror(audio, data)
             return
+        # From here on input audio is PCM16 24 kHz, so positions and lengths are in its
+        # bytes (audio.BYTES_PER_MS) whatever the session's input format.
+        pcm = self._decoder.feed(data)
         self._position += len(pcm)
         if self._vad is None:
             await self._append_manual(pcm)
         else:
             await self._append_vad(self._vad, pcm)
 
-    async def _mirror(self, audio: str) -> None:
-        # Benchmark mode: no decoding into state, no VAD; one delta per append.
+    async def _mirror(self, audio: str, data: bytes) -> None:
+        # Benchmark mode: no decoding into state, no VAD; one delta per append, converted
+        # only when the output format is not the input's.
+        source = self._decoder.format
+        target = formats.output_format(self.config)
+        if target != source:
+            out = target.from_pcm24k(formats.to_internal(source, data))
+            audio = binascii.b2a_base64(out, newline=False).decode("ascii")
         if self._mirror_ids is None:
             self._mirror_ids = (self.ids.new("resp"), self.ids.new("item"))
         response_id, item_id = self._mirror_ids
@@ -688,7 +711,10 @@ class EmulatorSession:
                     )
                 if part.get("type") == "input_audio":
                     # Audio is used for the answer but not kept with the item.
-                    pcm = _decode_audio(part.get("audio"), "item.content.audio")
+                    # In the session's input format, as appended audio is (OpenAI
+                    # Realtime reference, "input_audio" content: "parsed as the format
+                    # specified in the session input audio type configuration").
+                    pcm = _decode_input_audio(part.get("audio"), formats.input_format(self.config))
                     if role == "user":
                         answer = Answer(audio=pcm)
                     parts.append({"type": "input_audio", "transcript": part.get("transcript")})
@@ -812,7 +838,7 @@ class EmulatorSession:
                 f"Item '{item_id}' has no assistant audio at content_index {content_index}.",
                 "content_index",
             )
-        sent_ms = bytes_to_ms(record.audio_bytes)
+        sent_ms = record.audio_format.ms(record.audio_bytes)
         if audio_end_ms <= 0 or audio_end_ms > sent_ms:
             raise p.ProtocolError(
                 p.ERR_TRUNCATE_INVALID,
@@ -820,7 +846,7 @@ class EmulatorSession:
                 f"item '{item_id}', got {audio_end_ms}.",
                 "audio_end_ms",
             )
-        record.audio_bytes = ms_to_bytes(audio_end_ms)
+        record.audio_bytes = record.audio_format.bytes_for(audio_end_ms)
         await self._send(
             {
                 "type": "conversation.item.truncated",
@@ -914,7 +940,8 @@ class EmulatorSession:
         item_id = self.ids.new("item")
         modalities = list(plan.modalities)
         item = p.assistant_item(item_id, "in_progress", None)
-        record = ItemRecord(item)
+        # The response speaks the output format the session has as it starts.
+        record = ItemRecord(item, audio_format=formats.output_format(self.config))
         previous = self._last_item_id()
         self._remember(item_id, record)
         active = ActiveResponse(response_id, item_id, plan, record, _WORDS.findall(plan.transcript))
@@ -996,7 +1023,11 @@ class EmulatorSession:
                         await asyncio.sleep(wait)
                 # The transcript runs slightly ahead of the audio, as the service's does.
                 await self._send_words(active, math.ceil(words * (index + 1) / count))
-                chunk = audio[index * chunk_bytes : (index + 1) * chunk_bytes]
+                # Made at 24 kHz, sent in the output format: chunk_ms is whole ms, so every
+                # chunk but the last maps onto whole samples at 8 and 16 kHz.
+                chunk = active.record.audio_format.from_pcm24k(
+                    audio[index * chunk_bytes : (index + 1) * chunk_bytes]
+                )
                 await self._send(
                     {
                         "type": "response.audio.delta",
@@ -1264,7 +1295,7 @@ class EmulatorSession:
                 "item": item,
             }
         )
-        out_ms = bytes_to_ms(active.audio_bytes_sent)
+        out_ms = active.record.audio_format.ms(active.audio_bytes_sent)
         await self._send(
             {
                 "type": "response.done",
@@ -1359,6 +1390,16 @@ def _part(plan: ResponsePlan, transcript: str) -> JSON:
     if plan.has_audio:
         return {"type": "audio", "transcript": transcript}
     return {"type": "text", "text": transcript}
+
+
+def _decode_input_audio(value: object, fmt: formats.AudioFormat) -> bytes:
+    """An item's base64 `input_audio` in the input format `fmt`, as PCM16 24 kHz."""
+    param = "item.content.audio"
+    data = _decode_audio(value, param)
+    try:
+        return formats.to_internal(fmt, data)
+    except ValueError as exc:
+        raise p.ProtocolError(p.ERR_INVALID_VALUE, f"Invalid '{param}': {exc}.", param) from None
 
 
 def _decode_audio(value: object, param: str) -> bytes:

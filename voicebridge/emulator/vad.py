@@ -1,8 +1,9 @@
 """Energy-based voice activity detection, standing in for Voice Live's `server_vad`.
 
-The detector looks at 20 ms frames of PCM16 and compares each frame's RMS level with a
-threshold in dBFS. The service's `threshold` (0.0 .. 1.0, default 0.5, higher = less
-sensitive) maps linearly onto -70 dBFS .. -10 dBFS::
+The detector looks at 20 ms frames of PCM16 24 kHz (whatever the session's input format:
+the session decodes and resamples to that first, see formats.py) and compares each
+frame's RMS level with a threshold in dBFS. The service's `threshold` (0.0 .. 1.0,
+default 0.5, higher = less sensitive) maps linearly onto -70 dBFS .. -10 dBFS::
 
     threshold_dbfs = -70 + 60 * threshold      # 0.5 -> -40 dBFS
 
