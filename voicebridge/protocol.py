@@ -121,12 +121,17 @@ def parse_text(data: str | bytes) -> ClientMessage:
 
 
 def _decode_audio(value: Any) -> bytes:
+    return decode_audio(value, "audio")
+
+
+def decode_audio(value: Any, field: str) -> bytes:
+    """Base64 audio from a JSON field (any dialect's); :class:`ProtocolError` naming it."""
     if not isinstance(value, str):
-        raise ProtocolError("'audio' must be a base64 string", code=errors.ERR_BAD_AUDIO)
+        raise ProtocolError(f"'{field}' must be a base64 string", code=errors.ERR_BAD_AUDIO)
     try:
         return b64decode(value, validate=True)
     except (binascii.Error, ValueError):
-        raise ProtocolError("'audio' is not valid base64", code=errors.ERR_BAD_AUDIO) from None
+        raise ProtocolError(f"'{field}' is not valid base64", code=errors.ERR_BAD_AUDIO) from None
 
 
 @attrs.define

@@ -19,7 +19,6 @@ report playback.
 from __future__ import annotations
 
 import base64
-import binascii
 from typing import Any, ClassVar, Final
 
 import orjson
@@ -83,7 +82,7 @@ class AcsDialect(Dialect):
         if kind == "AudioData":
             body = msg.get("audioData")
             data = body.get("data") if isinstance(body, dict) else None
-            return protocol.AudioIn(_b64(data))
+            return protocol.AudioIn(protocol.decode_audio(data, "audioData.data"))
         if kind == "DtmfData":
             body = msg.get("dtmfData")
             digit = body.get("data") if isinstance(body, dict) else None
@@ -117,14 +116,3 @@ class AcsDialect(Dialect):
         if self._subscription_id:
             shown["subscription_id"] = self._subscription_id
         return shown
-
-
-def _b64(value: Any) -> bytes:
-    if not isinstance(value, str):
-        raise ProtocolError("'audioData.data' must be a base64 string", code=errors.ERR_BAD_AUDIO)
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise ProtocolError(
-            "'audioData.data' is not valid base64", code=errors.ERR_BAD_AUDIO
-        ) from None

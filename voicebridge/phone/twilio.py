@@ -19,7 +19,6 @@ response, so a barge-in truncates the agent's turn at the last acknowledged posi
 from __future__ import annotations
 
 import base64
-import binascii
 from typing import Any, ClassVar, Final
 from xml.sax.saxutils import quoteattr
 
@@ -127,7 +126,7 @@ class TwilioDialect(Dialect):
         if event == "media":
             if not isinstance(body, dict) or body.get("track", "inbound") != "inbound":
                 return None  # only the caller's track is relayed
-            return protocol.AudioIn(_b64(body.get("payload")))
+            return protocol.AudioIn(protocol.decode_audio(body.get("payload"), "payload"))
         if event == "mark":
             return _mark(body)
         if event == "dtmf":
@@ -162,15 +161,6 @@ class TwilioDialect(Dialect):
         if self._caller_number:
             shown["from"] = mask_number(self._caller_number)
         return shown
-
-
-def _b64(value: Any) -> bytes:
-    if not isinstance(value, str):
-        raise ProtocolError("'payload' must be a base64 string", code=errors.ERR_BAD_AUDIO)
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise ProtocolError("'payload' is not valid base64", code=errors.ERR_BAD_AUDIO) from None
 
 
 def _mark(body: Any) -> protocol.PlaybackIn | None:
