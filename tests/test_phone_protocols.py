@@ -9,10 +9,10 @@ import orjson
 import pytest
 
 from voicebridge import protocol
+from voicebridge.audio_format import PCM16_24K, ULAW_8K, AudioFormat
 from voicebridge.errors import ProtocolError
 from voicebridge.phone import acs, signature, tokens, twilio
 from voicebridge.phone.callers import mask_number
-from voicebridge.relay.audio_format import PCM16_24K, ULAW_8K, AudioFormat
 from voicebridge.relay.dtmf import DtmfBuffer
 from voicebridge.relay.turns import ResponseTrack, TurnTracker
 

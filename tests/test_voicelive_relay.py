@@ -267,7 +267,7 @@ async def test_entra_token_refused_names_the_roles(
     client = await client_for(aiohttp_client, settings, LocalCredential())
     voice = await open_voice(client)
     error = await voice.until_type("error")
-    assert error["code"] == "upstream_connect_failed"
+    assert error["code"] == "upstream_auth_rejected"  # permanent: clients do not retry
     assert "Entra" in error["message"] and "Foundry User" in error["message"]
     assert TOKEN not in error["message"]
     assert await voice.until_closed() == 1011

@@ -19,14 +19,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from math import gcd
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 import attrs
 
 from voicebridge import g711
+from voicebridge.audio_format import AudioFormat, Codec
 from voicebridge.emulator.audio import SAMPLE_RATE
-
-Codec = Literal["pcm16", "g711_ulaw", "g711_alaw"]
 
 #: ``input_audio_format`` -> the ``input_audio_sampling_rate`` values it takes, the first
 #: being the rate it implies when a session.update sets the format but no rate (pcm16's
@@ -50,48 +49,25 @@ OUTPUT_FORMATS: Final[Mapping[str, tuple[Codec, int]]] = {
 # underscore values "for consistency with wire protocol": the service speaks underscores.
 
 
-@attrs.frozen
-class AudioFormat:
-    """Mono audio in one codec at one sample rate (PCM16 is signed little-endian)."""
+def to_pcm16(fmt: AudioFormat, data: bytes) -> bytes:
+    """PCM16 at ``fmt``'s rate; ValueError for half a PCM16 sample."""
+    if fmt.codec == "g711_ulaw":
+        return g711.ulaw_decode(data)
+    if fmt.codec == "g711_alaw":
+        return g711.alaw_decode(data)
+    if len(data) % 2:
+        raise ValueError("pcm16 audio must be whole 16-bit samples (an even byte count)")
+    return bytes(data)
 
-    codec: Codec
-    rate: int
 
-    @property
-    def sample_bytes(self) -> int:
-        return 2 if self.codec == "pcm16" else 1
-
-    @property
-    def bytes_per_ms(self) -> int:
-        """48 for pcm16 at 24 kHz, 32 at 16 kHz, 16 at 8 kHz; 8 for G.711."""
-        return self.rate * self.sample_bytes // 1000
-
-    def ms(self, nbytes: int) -> int:
-        """Whole milliseconds in `nbytes` of this audio (rounded down)."""
-        return nbytes // self.bytes_per_ms
-
-    def bytes_for(self, ms: int) -> int:
-        """Byte length of `ms` milliseconds of this audio."""
-        return ms * self.bytes_per_ms
-
-    def to_pcm16(self, data: bytes) -> bytes:
-        """PCM16 at this format's rate; ValueError for half a PCM16 sample."""
-        if self.codec == "g711_ulaw":
-            return g711.ulaw_decode(data)
-        if self.codec == "g711_alaw":
-            return g711.alaw_decode(data)
-        if len(data) % 2:
-            raise ValueError("pcm16 audio must be whole 16-bit samples (an even byte count)")
-        return bytes(data)
-
-    def from_pcm24k(self, pcm: bytes) -> bytes:
-        """This format's bytes for the emulator's PCM16 24 kHz audio."""
-        pcm = g711.resample(pcm, SAMPLE_RATE, self.rate)
-        if self.codec == "g711_ulaw":
-            return g711.ulaw_encode(pcm)
-        if self.codec == "g711_alaw":
-            return g711.alaw_encode(pcm)
-        return pcm
+def from_pcm24k(fmt: AudioFormat, pcm: bytes) -> bytes:
+    """``fmt``'s bytes for the emulator's PCM16 24 kHz audio."""
+    pcm = g711.resample(pcm, SAMPLE_RATE, fmt.rate)
+    if fmt.codec == "g711_ulaw":
+        return g711.ulaw_encode(pcm)
+    if fmt.codec == "g711_alaw":
+        return g711.alaw_encode(pcm)
+    return pcm
 
 
 PCM16_24K: Final = AudioFormat("pcm16", SAMPLE_RATE)
@@ -112,7 +88,7 @@ def output_format(session: Mapping[str, Any]) -> AudioFormat:
 
 def to_internal(fmt: AudioFormat, data: bytes) -> bytes:
     """Whole audio (e.g. an item's `input_audio`) in `fmt` as PCM16 24 kHz."""
-    return g711.resample(fmt.to_pcm16(data), fmt.rate, SAMPLE_RATE)
+    return g711.resample(to_pcm16(fmt, data), fmt.rate, SAMPLE_RATE)
 
 
 @attrs.define
@@ -131,7 +107,7 @@ class InputDecoder:
 
     def feed(self, data: bytes) -> bytes:
         """PCM16 24 kHz for `data`; ValueError for half a PCM16 sample."""
-        pcm = self._held + self.format.to_pcm16(data)
+        pcm = self._held + to_pcm16(self.format, data)
         if self.format.rate == SAMPLE_RATE:
             return pcm
         # Samples per whole group: 16 kHz -> 24 kHz maps 2 samples onto 3.

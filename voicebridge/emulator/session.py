@@ -52,6 +52,7 @@ import attrs
 import orjson
 import structlog
 
+from voicebridge.audio_format import AudioFormat
 from voicebridge.emulator import formats
 from voicebridge.emulator import protocol as p
 from voicebridge.emulator.audio import (
@@ -134,7 +135,7 @@ class ItemRecord:
     #: Assistant audio sent for the item, in bytes of `audio_format` (the session's
     #: output format when its response started).
     audio_bytes: int = 0
-    audio_format: formats.AudioFormat = formats.PCM16_24K
+    audio_format: AudioFormat = formats.PCM16_24K
 
 
 @attrs.define(eq=False)
@@ -471,7 +472,7 @@ class EmulatorSession:
         source = self._decoder.format
         target = formats.output_format(self.config)
         if target != source:
-            out = target.from_pcm24k(formats.to_internal(source, data))
+            out = formats.from_pcm24k(target, formats.to_internal(source, data))
             audio = binascii.b2a_base64(out, newline=False).decode("ascii")
         if self._mirror_ids is None:
             self._mirror_ids = (self.ids.new("resp"), self.ids.new("item"))
@@ -1025,8 +1026,9 @@ class EmulatorSession:
                 await self._send_words(active, math.ceil(words * (index + 1) / count))
                 # Made at 24 kHz, sent in the output format: chunk_ms is whole ms, so every
                 # chunk but the last maps onto whole samples at 8 and 16 kHz.
-                chunk = active.record.audio_format.from_pcm24k(
-                    audio[index * chunk_bytes : (index + 1) * chunk_bytes]
+                chunk = formats.from_pcm24k(
+                    active.record.audio_format,
+                    audio[index * chunk_bytes : (index + 1) * chunk_bytes],
                 )
                 await self._send(
                     {
@@ -1392,7 +1394,7 @@ def _part(plan: ResponsePlan, transcript: str) -> JSON:
     return {"type": "text", "text": transcript}
 
 
-def _decode_input_audio(value: object, fmt: formats.AudioFormat) -> bytes:
+def _decode_input_audio(value: object, fmt: AudioFormat) -> bytes:
     """An item's base64 `input_audio` in the input format `fmt`, as PCM16 24 kHz."""
     param = "item.content.audio"
     data = _decode_audio(value, param)

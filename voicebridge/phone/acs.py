@@ -24,8 +24,8 @@ from typing import Any, ClassVar, Final
 import orjson
 
 from voicebridge import errors, protocol
+from voicebridge.audio_format import AudioFormat
 from voicebridge.errors import ProtocolError
-from voicebridge.relay.audio_format import AudioFormat
 from voicebridge.relay.dialect import Dialect
 from voicebridge.relay.dtmf import KEYS
 from voicebridge.relay.turns import ResponseTrack

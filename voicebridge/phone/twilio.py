@@ -26,9 +26,9 @@ import attrs
 import orjson
 
 from voicebridge import errors, protocol
+from voicebridge.audio_format import ULAW_8K
 from voicebridge.errors import ProtocolError
 from voicebridge.phone.callers import mask_number
-from voicebridge.relay.audio_format import ULAW_8K
 from voicebridge.relay.dialect import Dialect
 from voicebridge.relay.dtmf import KEYS
 from voicebridge.relay.turns import ResponseTrack

@@ -21,10 +21,10 @@ from voicebridge import errors, protocol
 from voicebridge.relay.upstream import Upstream, UpstreamClosed
 
 if TYPE_CHECKING:
+    from voicebridge.audio_format import AudioFormat
     from voicebridge.calls import Recorder
     from voicebridge.config import Settings
     from voicebridge.metrics import Metrics
-    from voicebridge.relay.audio_format import AudioFormat
     from voicebridge.relay.link import UpstreamLink
     from voicebridge.relay.stats import SessionStats
     from voicebridge.relay.turns import TurnTracker

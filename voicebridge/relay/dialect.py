@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, ClassVar
 
 from voicebridge import protocol
-from voicebridge.relay.audio_format import PCM16_24K, AudioFormat
+from voicebridge.audio_format import PCM16_24K, AudioFormat
 
 if TYPE_CHECKING:
     from voicebridge.relay.turns import ResponseTrack

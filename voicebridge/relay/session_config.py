@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from voicebridge.audio_format import PCM16_24K, AudioFormat
 from voicebridge.config import OFF, Settings
-from voicebridge.relay.audio_format import PCM16_24K, AudioFormat
 from voicebridge.voicelive import NATIVE_VOICES, OPENAI_VOICES, model_family
 
 

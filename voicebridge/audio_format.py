@@ -1,4 +1,7 @@
-"""A session's audio format: codec and sample rate, on both sides of the relay.
+"""An audio format: codec and sample rate, as Voice Live names them.
+
+Shared by the relay (a session's format, on both sides of it), the emulator (which
+converts to and from it: :mod:`voicebridge.emulator.formats`) and the load generator.
 
 Voice Live takes the formats phone networks carry natively, so the relay never transcodes:
 the caller's format is what the ``session.update`` asks for, in and out. What the relay
@@ -50,8 +53,12 @@ class AudioFormat:
         return self.rate * self.sample_bytes // 1000
 
     def ms(self, nbytes: int) -> int:
-        """Whole milliseconds in ``nbytes`` of this audio."""
+        """Whole milliseconds in ``nbytes`` of this audio (rounded down)."""
         return nbytes // self.bytes_per_ms
+
+    def bytes_for(self, ms: int) -> int:
+        """Byte length of ``ms`` milliseconds of this audio."""
+        return ms * self.bytes_per_ms
 
     @property
     def output_name(self) -> str:
