@@ -55,7 +55,14 @@ METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 # Settings that turn on whatever adds routes, so no route hides from the comparison.
 ROUTE_SETTINGS = (
     {},
-    {"ADMIN_TOKEN": "admin-1", "CLIENT_TOKEN": "client-1", "TWILIO_AUTH_TOKEN": "twilio-1"},
+    {
+        "ADMIN_TOKEN": "admin-1",
+        "CLIENT_TOKEN": "client-1",
+        "TWILIO_AUTH_TOKEN": "twilio-1",
+        "ACS_CONNECTION_STRING": "endpoint=https://acs.example.test/;accesskey=c2VjcmV0LWtleQ==",
+        "ACS_EVENTS_KEY": "events-key-0123456789",
+        "PUBLIC_URL": "https://voice.example.test",
+    },
 )
 
 
@@ -192,7 +199,12 @@ def test_openapi_describes_exactly_the_routes_the_app_serves(env: dict[str, str]
     assert static, "the browser client's /static/ should be served"
     missing = served - documented
     assert not missing, f"served but not in /openapi.json: {sorted(missing)}"
-    stale = documented - served
+    # Some routes exist only with their settings (the ACS webhook): documented is what
+    # some configuration serves.
+    served_somewhere = set().union(
+        *(served_routes(create_app(make_settings(**other)))[0] for other in ROUTE_SETTINGS)
+    )
+    stale = documented - served_somewhere
     assert not stale, f"in /openapi.json but not served: {sorted(stale)}"
 
 

@@ -1,3 +1,3 @@
 """voicebridge: a real-time speech-to-speech relay between voice clients and Azure AI Voice Live."""
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

@@ -558,6 +558,97 @@ def _paths() -> dict[str, Schema]:
                 },
             )
         },
+        "/acs/incoming": {
+            "post": _op(
+                "acsIncoming",
+                "phone",
+                "Event Grid webhook: answers ACS incoming calls with media streaming to /ws/acs",
+                {
+                    "200": _json(
+                        "The subscription validation answered (`validationResponse`), or the "
+                        "incoming calls of the delivery answered (`answered`, `failed`).",
+                        {
+                            "type": "object",
+                            "properties": {
+                                "validationResponse": {"type": "string"},
+                                "answered": {"type": "integer", "minimum": 0},
+                                "failed": {"type": "integer", "minimum": 0},
+                            },
+                        },
+                    ),
+                    "400": _json(
+                        f"Not a list of Event Grid events (`{errors.ERR_BAD_MESSAGE}`).",
+                        _ref("Error"),
+                    ),
+                    "401": _json(
+                        f"No or a wrong `key` (`{errors.ERR_UNAUTHORIZED}`).", _ref("Error")
+                    ),
+                    "413": _json("The delivery is larger than allowed.", _ref("Error")),
+                },
+                description="Served only when ACS_CONNECTION_STRING is set. Each "
+                "`Microsoft.Communication.IncomingCall` is answered with Call Automation, "
+                "streaming audio both ways over `/ws/acs` with a per-call token.",
+                parameters=[
+                    {
+                        "name": "key",
+                        "in": "query",
+                        "required": True,
+                        "description": "ACS_EVENTS_KEY, carried in the subscription's URL.",
+                        "schema": {"type": "string"},
+                    }
+                ],
+                requestBody={
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {"type": "array", "items": {"type": "object"}}
+                        }
+                    },
+                },
+            )
+        },
+        "/acs/events": {
+            "post": _op(
+                "acsEvents",
+                "phone",
+                "Call Automation's callback: the call's events, logged",
+                {
+                    "200": _json(
+                        "The events were received.",
+                        {
+                            "type": "object",
+                            "properties": {"received": {"type": "integer", "minimum": 0}},
+                        },
+                    ),
+                    "400": _json(
+                        f"Not a list of events (`{errors.ERR_BAD_MESSAGE}`).", _ref("Error")
+                    ),
+                    "401": _json(
+                        f"No or a wrong `key` (`{errors.ERR_UNAUTHORIZED}`).", _ref("Error")
+                    ),
+                    "413": _json("The body is larger than allowed.", _ref("Error")),
+                },
+                description="Served only when ACS_CONNECTION_STRING is set; the callback "
+                "URL given to Call Automation when a call is answered.",
+                parameters=[
+                    {
+                        "name": "key",
+                        "in": "query",
+                        "required": True,
+                        "description": "ACS_EVENTS_KEY, carried in the subscription's URL.",
+                        "schema": {"type": "string"},
+                    }
+                ],
+                requestBody={
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {"type": "array", "items": {"type": "object"}}
+                        }
+                    },
+                },
+            )
+        },
         "/ws/twilio": {
             "get": _op(
                 "twilioStream",

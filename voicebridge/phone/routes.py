@@ -9,6 +9,10 @@
   token for that very call. Nothing reaches Voice Live before.
 * ``GET /ws/acs``: the ACS stream, with the token in ``?token=`` (checked before the
   upgrade); its first message, ``AudioMetadata``, sets the audio format.
+* ``POST /acs/incoming`` and ``POST /acs/events`` (only with ``ACS_CONNECTION_STRING``):
+  Event Grid's webhook, whose ``IncomingCall`` events are answered with Call Automation
+  streaming to ``/ws/acs`` (:mod:`voicebridge.phone.acs_answer`), and the callback URL
+  of the calls answered; both need ``?key=ACS_EVENTS_KEY``.
 
 From there a phone call is a session like any other (:func:`voicebridge.ws_voice.
 serve_session`): registry, caps, limits, drain, tools, reconnects, call records.
@@ -17,6 +21,7 @@ serve_session`): registry, caps, limits, drain, tools, reconnects, call records.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import secrets
 from typing import Any
 
@@ -25,10 +30,10 @@ import orjson
 import structlog
 from aiohttp import web
 
-from voicebridge import errors
+from voicebridge import errors, protocol
 from voicebridge.errors import ProtocolError
 from voicebridge.ops import json_error
-from voicebridge.phone import acs, signature, tokens, twilio
+from voicebridge.phone import acs, acs_answer, signature, tokens, twilio
 from voicebridge.phone.callers import mask_number
 from voicebridge.phone.settings import PhoneSettings
 from voicebridge.state import STATE
@@ -52,6 +57,11 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/twilio/voice", twilio_voice)
     app.router.add_get("/ws/twilio", twilio_stream)
     app.router.add_get("/ws/acs", acs_stream)
+    if phone.acs_answer_enabled:
+        app[acs_answer.ANSWERER] = acs_answer.Answerer(phone=phone, token_secret=app[TOKEN_SECRET])
+        app.cleanup_ctx.append(acs_answer.answerer_ctx)
+        app.router.add_post("/acs/incoming", acs_incoming)
+        app.router.add_post("/acs/events", acs_events)
 
 
 # -- Twilio ---------------------------------------------------------------------------
@@ -166,6 +176,74 @@ async def acs_stream(request: web.Request) -> web.StreamResponse:
         instructions_file=s.phone.instructions_file,
         metadata={"call": grant.subject},
     )
+
+
+async def acs_incoming(request: web.Request) -> web.Response:
+    """Event Grid's webhook: the subscription handshake, and ``IncomingCall`` answered.
+
+    Answered 200 even when an answer fails (logged): Event Grid would redeliver the
+    whole batch, answering its other calls twice, and a call rings for less time than
+    its retries take. Draining does not refuse calls either: the stream is opened at
+    PUBLIC_URL, which the load balancer routes to an instance that takes it.
+    """
+    _check_events_key(request, "incoming")
+    events = await _read_events(request, acs_answer.MAX_INCOMING_BYTES)
+    try:
+        code = acs_answer.validation_code(events)
+    except ProtocolError as exc:
+        raise json_error(web.HTTPBadRequest, str(exc), errors.ERR_BAD_MESSAGE) from None
+    if code is not None:
+        log.info("acs.subscription_validated")
+        return web.json_response({"validationResponse": code})
+    calls = acs_answer.incoming_calls(events)
+    results = await request.app[acs_answer.ANSWERER].answer_all(calls)
+    answered = sum(1 for r in results if r.call_connection_id is not None)
+    return web.json_response({"answered": answered, "failed": len(results) - answered})
+
+
+async def acs_events(request: web.Request) -> web.Response:
+    """Call Automation's callbacks for the calls answered: logged, nothing more."""
+    _check_events_key(request, "events")
+    events = await _read_events(request, acs_answer.MAX_CALLBACK_BYTES)
+    for event in events[: acs_answer.MAX_LOGGED_CALLBACKS]:
+        log.info("acs.call_event", **acs_answer.callback_summary(event))
+    if len(events) > acs_answer.MAX_LOGGED_CALLBACKS:
+        log.info("acs.call_events_unlogged", count=len(events) - acs_answer.MAX_LOGGED_CALLBACKS)
+    return web.json_response({"received": len(events)})
+
+
+def _check_events_key(request: web.Request, route: str) -> None:
+    """``?key=`` must be ACS_EVENTS_KEY (compared in constant time); 401 otherwise."""
+    expected = request.app[STATE].settings.phone.acs_events_key
+    given = request.query.get("key", "")
+    if hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode()):
+        return
+    state = request.app[STATE]
+    state.limited_log.warning(
+        log, "acs.bad_key", route=route, missing=not given, remote=request.remote
+    )
+    state.metrics.count_error(errors.ERR_UNAUTHORIZED)
+    raise json_error(web.HTTPUnauthorized, "a valid key is required", errors.ERR_UNAUTHORIZED)
+
+
+async def _read_events(request: web.Request, limit: int) -> list[dict[str, Any]]:
+    """The JSON events of a webhook body of at most ``limit`` bytes; 413 or 400 otherwise."""
+    too_large = web.HTTPRequestEntityTooLarge(
+        limit,
+        text=protocol.error(f"the body is over {limit} bytes", errors.ERR_BAD_MESSAGE),
+        content_type="application/json",
+    )
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.content.iter_any():
+        body += chunk
+        if len(body) > limit:
+            raise too_large
+    try:
+        return acs_answer.parse_events(bytes(body))
+    except ProtocolError as exc:
+        raise json_error(web.HTTPBadRequest, str(exc), errors.ERR_BAD_MESSAGE) from None
 
 
 # -- shared ---------------------------------------------------------------------------

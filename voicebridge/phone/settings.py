@@ -7,6 +7,10 @@ the others in one :class:`~voicebridge.config.ConfigError`.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import importlib.util
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final, Literal, TypeVar
@@ -20,6 +24,13 @@ T = TypeVar("T")
 
 DtmfRole = Literal["system", "user", "off"]
 DTMF_ROLES: Final = ("system", "user", "off")
+#: PCM16 mono rates Call Automation streams (``AudioFormat.PCM16_K_MONO`` / ``PCM24_K_MONO``).
+ACS_AUDIO_RATES: Final = (16000, 24000)
+#: The package the ACS answer needs, and how to get it.
+ACS_PACKAGE: Final = "azure.communication.callautomation"
+ACS_INSTALL: Final = "pip install 'voicebridge[acs]'"
+#: ACS_EVENTS_KEY travels in a URL query: characters that need no escaping.
+_URL_SAFE_KEY = re.compile(r"[A-Za-z0-9._~-]{16,256}")
 
 
 @attrs.frozen
@@ -42,10 +53,23 @@ class PhoneSettings:
     dtmf_gap_ms: int = 1500
     #: Instructions for phone calls instead of AGENT_INSTRUCTIONS_FILE (None: the same).
     instructions_file: Path | None = None
+    #: The ACS resource's connection string (``endpoint=https://...;accesskey=...``): when
+    #: set, ``POST /acs/incoming`` answers Event Grid's ``IncomingCall`` events with Call
+    #: Automation, streaming the call's audio to ``/ws/acs``.
+    acs_connection_string: str = attrs.field(default="", repr=False)
+    #: The shared secret in the Event Grid subscription's webhook URL (``?key=``), and in
+    #: the callback URL given to Call Automation.
+    acs_events_key: str = attrs.field(default="", repr=False)
+    #: The rate ACS streams the call at (PCM16 mono): 16000 or 24000.
+    acs_audio_rate: int = 16000
 
     @property
     def twilio_enabled(self) -> bool:
         return bool(self.twilio_auth_token)
+
+    @property
+    def acs_answer_enabled(self) -> bool:
+        return bool(self.acs_connection_string)
 
     def redacted(self) -> dict[str, Any]:
         return {
@@ -57,6 +81,9 @@ class PhoneSettings:
             "dtmf_role": self.dtmf_role,
             "dtmf_gap_ms": self.dtmf_gap_ms,
             "instructions_file": str(self.instructions_file) if self.instructions_file else None,
+            "acs_connection_string": MASK if self.acs_connection_string else "",
+            "acs_events_key": MASK if self.acs_events_key else "",
+            "acs_audio_rate": self.acs_audio_rate,
         }
 
 
@@ -70,6 +97,9 @@ VARIABLES: Final = {
     "DTMF_ROLE": "system",
     "DTMF_GAP_MS": "1500",
     "PHONE_INSTRUCTIONS_FILE": "",
+    "ACS_CONNECTION_STRING": "",
+    "ACS_EVENTS_KEY": "",
+    "ACS_AUDIO_RATE": "16000",
 }
 
 
@@ -91,6 +121,69 @@ def _parse_public_url(raw: str) -> str:
     if parts.query or parts.fragment:
         raise ValueError("must not have a query or fragment")
     return raw.strip().rstrip("/")
+
+
+def _parse_acs_rate(raw: str) -> int:
+    if raw not in {str(rate) for rate in ACS_AUDIO_RATES}:
+        raise ValueError(f"must be 16000 or 24000, got {raw!r}")
+    return int(raw)
+
+
+def _connection_string_problem(value: str) -> str | None:
+    """What is wrong with an ACS connection string, in words that do not repeat it."""
+    fields: dict[str, str] = {}
+    for element in value.split(";"):
+        name, _, field = element.strip().partition("=")
+        if name:
+            fields[name.lower()] = field.strip()
+    endpoint = urlsplit(fields.get("endpoint", ""))
+    if endpoint.scheme != "https" or not endpoint.netloc:
+        return "must be endpoint=https://<resource>.communication.azure.com/;accesskey=<key>"
+    try:
+        if not base64.b64decode(fields.get("accesskey", ""), validate=True):
+            return "the accesskey part is missing"
+    except (binascii.Error, ValueError):
+        return "the accesskey part is not base64 (copy the whole connection string)"
+    return None
+
+
+def _package_installed(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _acs_problems(values: Mapping[str, Any]) -> list[str]:
+    """ACS answering needs its key, an https PUBLIC_URL and the Call Automation package.
+    No message repeats a secret."""
+    if not values["acs_connection_string"]:
+        return []
+    problems: list[str] = []
+    if (why := _connection_string_problem(values["acs_connection_string"])) is not None:
+        problems.append(f"ACS_CONNECTION_STRING: {why}")
+    key: str = values["acs_events_key"]
+    if not key:
+        problems.append(
+            "ACS_EVENTS_KEY: required with ACS_CONNECTION_STRING: the key= in the Event Grid "
+            "subscription's webhook URL (e.g. openssl rand -hex 32)"
+        )
+    elif not _URL_SAFE_KEY.fullmatch(key):
+        problems.append(
+            "ACS_EVENTS_KEY: must be 16 to 256 letters, digits or - _ . ~ "
+            "(e.g. openssl rand -hex 32)"
+        )
+    if not values["public_url"].startswith("https://"):
+        problems.append(
+            "PUBLIC_URL: an https URL is required with ACS_CONNECTION_STRING: Call Automation "
+            "streams to wss://<its host>/ws/acs and posts call events to <it>/acs/events"
+        )
+    if not _package_installed(ACS_PACKAGE):
+        problems.append(
+            "ACS_CONNECTION_STRING: answering ACS calls needs the "
+            f"azure-communication-callautomation package: {ACS_INSTALL}"
+        )
+    return problems
 
 
 def parse(environ: Mapping[str, str]) -> tuple[PhoneSettings, list[str]]:
@@ -117,6 +210,9 @@ def parse(environ: Mapping[str, str]) -> tuple[PhoneSettings, list[str]]:
         "dtmf_role": get("DTMF_ROLE", _parse_role, d.dtmf_role),
         "dtmf_gap_ms": get("DTMF_GAP_MS", _parse_int, d.dtmf_gap_ms),
         "instructions_file": get("PHONE_INSTRUCTIONS_FILE", Path, None),
+        "acs_connection_string": get("ACS_CONNECTION_STRING", str, ""),
+        "acs_events_key": get("ACS_EVENTS_KEY", str, ""),
+        "acs_audio_rate": get("ACS_AUDIO_RATE", _parse_acs_rate, d.acs_audio_rate),
     }
     checks = (
         (values["token_ttl_s"] > 0, "PHONE_TOKEN_TTL_S: must be more than 0"),
@@ -128,6 +224,7 @@ def parse(environ: Mapping[str, str]) -> tuple[PhoneSettings, list[str]]:
         ),
     )
     problems.extend(message for ok, message in checks if not ok)
+    problems.extend(_acs_problems(values))
     instructions: Path | None = values["instructions_file"]
     if instructions is not None:
         try:

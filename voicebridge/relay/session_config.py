@@ -1,7 +1,7 @@
 """The ``session.update`` payload built from the settings: voice, formats, turn detection,
 transcription, audio processing.
 
-What each setting sends is listed in the README ("Configuring Voice Live"); which
+What each setting sends is listed in docs/voice-live.md; which
 combinations Voice Live accepts is :data:`voicebridge.voicelive.RULES`, checked against
 this very payload at start-up. The payload is built as the settings say, without
 second-guessing them: a setting the chosen voice or turn detection type does not take is

@@ -1,6 +1,6 @@
 """Server-side tools: what the agent may look up and do while the caller waits.
 
-An operator defines them in a TOML file (``TOOLS_FILE``; README "Tools"), read once at
+An operator defines them in a TOML file (``TOOLS_FILE``; docs/tools.md), read once at
 start-up by :func:`load_toolbox`. The relay offers :meth:`Toolbox.session_tools` in
 ``session.update``, runs each function call the model makes with :meth:`Toolbox.run`
 (which never raises), and answers Voice Live's MCP approval requests with

@@ -5,7 +5,7 @@ settings, so an operator fixes the file in one go. The file is read once, at sta
 python tools are imported then (an import error is a start-up problem, not a failed
 call), and header values are resolved from the environment then.
 
-The format (README, "Tools")::
+The format (docs/tools.md)::
 
     [defaults]
     timeout_s = 5                      # each tool may set its own
