@@ -203,12 +203,18 @@ async def test_health_reports_a_failing_upstream(
     start_emu: StartEmulator, make_client: MakeClient
 ) -> None:
     """After connects in a row fail, /health says the upstream is degraded (503 when asked
-    to), and one that works clears it."""
+    to) and new calls are refused with 503 so a proxy tries another instance; once the
+    service answers again the instance recovers by itself, with no call needed."""
     emu = await start_emu()
     client = await make_client(
-        relay_settings(emu, UPSTREAM_DEGRADED_AFTER="2", HEALTH_FAILS_WHEN_DEGRADED="true")
+        relay_settings(
+            emu,
+            UPSTREAM_DEGRADED_AFTER="2",
+            HEALTH_FAILS_WHEN_DEGRADED="true",
+            UPSTREAM_PROBE_S="0.2",
+        )
     )
-    emu.refuse_next(2)
+    emu.refuse_next(1000)  # every handshake, probes included, until the service is back
     for _ in range(2):
         voice = await open_voice(client)
         assert (await voice.until_type("error"))["code"] == "upstream_connect_failed"
@@ -219,9 +225,23 @@ async def test_health_reports_a_failing_upstream(
     body = await resp.json()
     assert body["status"] == "degraded"
     assert body["upstream"] == {"status": "degraded", "consecutive_connect_failures": 2}
-    ok = await started(client)  # the emulator accepts again
-    await ok.ws.close()
+    refused = await client.get("/ws/voice", headers=_UPGRADE)
+    assert refused.status == 503
+    assert (await refused.json())["code"] == "upstream_connect_failed"
+    accepted = emu.connections_accepted
+    emu.refuse_next(0)  # the service is back
     async with asyncio.timeout(10):
         while (resp := await client.get("/health")).status != 200:
             await asyncio.sleep(0.02)
     assert (await resp.json())["upstream"]["status"] == "ok"
+    assert emu.connections_accepted == accepted + 1  # the probe's session, not a caller's
+    ok = await started(client)
+    await ok.ws.close()
+
+
+_UPGRADE = {
+    "Connection": "Upgrade",
+    "Upgrade": "websocket",
+    "Sec-WebSocket-Version": "13",
+    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+}

@@ -32,18 +32,16 @@ from aiohttp import web
 from azure.core.credentials import AccessToken
 from azure.core.credentials_async import AsyncTokenCredential
 
-from voicebridge import access, errors, ops, ws_voice
+from voicebridge import access, errors, ops, preflight, ws_voice
 from voicebridge import docs as api_docs
 from voicebridge.access import LOOPBACK_HOSTS
 from voicebridge.calls import CallLog, add_call_routes
-from voicebridge.config import WILDCARD_HOSTS, ConfigError, Settings, mask_url
+from voicebridge.config import WILDCARD_HOSTS, Settings, mask_url
 from voicebridge.http_guard import SECURITY_HEADERS, ConnectionGuard, HttpErrorLog
 from voicebridge.metrics import Metrics
 from voicebridge.phone import routes as phone_routes
-from voicebridge.preflight import check_upstream
 from voicebridge.registry import SessionRegistry, SessionSnapshot, create_registry
 from voicebridge.relay import UpstreamConfig
-from voicebridge.relay.session_config import build_session_config
 from voicebridge.relay.upstream import EntraTokens
 from voicebridge.state import STATE, AppState
 from voicebridge.tools import load_toolbox
@@ -91,7 +89,8 @@ def create_app(
     # Exits run in reverse and after the drain: every record is handed over before the flush.
     app.cleanup_ctx.append(_calls_ctx)
     app.cleanup_ctx.append(_tools_ctx)
-    app.cleanup_ctx.append(_preflight_ctx)
+    app.cleanup_ctx.append(preflight.preflight_ctx)
+    app.cleanup_ctx.append(preflight.probe_ctx)
     app.on_shutdown.append(_drain_sessions)
     app.router.add_get("/health", ops.health)
     app.router.add_get("/config", ops.client_config)
@@ -113,36 +112,6 @@ def create_app(
 
 
 # -- lifecycles -----------------------------------------------------------------------
-
-
-async def _preflight_ctx(app: web.Application) -> AsyncIterator[None]:
-    """UPSTREAM_PREFLIGHT: one session opened and configured as calls will be, at start."""
-    state = app[STATE]
-    s = state.settings
-    if s.upstream_preflight == "off" or state.upstream is None:
-        yield
-        return
-    try:
-        instructions = "" if s.agent_mode else s.read_instructions()
-    except (OSError, UnicodeDecodeError) as exc:
-        instructions = ""
-        log.error("app.instructions_unreadable", error=str(exc))
-    session = build_session_config(s, instructions)
-    if state.toolbox is not None:
-        session["tools"] = state.toolbox.session_tools()
-        session["tool_choice"] = "auto"
-    reason, elapsed_ms = await check_upstream(
-        state.upstream, session, timeout_s=s.upstream_connect_timeout_s
-    )
-    if reason is None:
-        log.info("app.preflight_ok", ms=elapsed_ms)
-    elif s.upstream_preflight == "require":
-        raise ConfigError([f"UPSTREAM_PREFLIGHT=require: {reason}"])
-    else:
-        log.error("app.preflight_failed", reason=reason, ms=elapsed_ms)
-        # Degraded at once: every call would meet the same failure.
-        state.upstream_failures = max(state.upstream_failures, s.upstream_degraded_after)
-    yield
 
 
 async def _tools_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -141,6 +141,9 @@ class Settings:
     # At start-up, open one Voice Live session with these credentials and settings:
     # off, warn (log it; /health degraded) or require (do not start).
     upstream_preflight: str = "off"
+    # While degraded, the upstream is checked this often (one session opened and closed);
+    # a pass makes the instance healthy again. 0 = only a successful call does.
+    upstream_probe_s: float = 15.0
     # Server-side tools (voicebridge.tools): the TOML file that defines them (None: no
     # tools); whether the client's `tool` messages carry arguments and outputs; how many
     # calls of one response run at once.
@@ -476,6 +479,7 @@ class _Loader:
                 "UPSTREAM_DEGRADED_AFTER", _parse_int, d.upstream_degraded_after
             ),
             "upstream_preflight": g("UPSTREAM_PREFLIGHT", str, d.upstream_preflight).lower(),
+            "upstream_probe_s": g("UPSTREAM_PROBE_S", _parse_float, d.upstream_probe_s),
             "health_fails_when_degraded": g(
                 "HEALTH_FAILS_WHEN_DEGRADED", _parse_bool, d.health_fails_when_degraded
             ),
@@ -640,6 +644,7 @@ class _Loader:
             f"UPSTREAM_PREFLIGHT: must be one of {', '.join(PREFLIGHT_MODES)}, "
             f"got {v['upstream_preflight']!r}",
         )
+        c(v["upstream_probe_s"] >= 0, "UPSTREAM_PROBE_S: must be 0 (off) or more")
         c(0.0 <= v["vad_threshold"] <= 1.0, "VAD_THRESHOLD: must be between 0 and 1")
         c(v["vad_prefix_padding_ms"] >= 0, "VAD_PREFIX_PADDING_MS: must be 0 or more")
         c(v["vad_silence_duration_ms"] > 0, "VAD_SILENCE_DURATION_MS: must be more than 0")

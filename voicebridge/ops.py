@@ -33,7 +33,7 @@ async def health(request: web.Request) -> web.Response:
     if state.draining:
         return web.json_response({"status": "draining"}, status=503)
     s = state.settings
-    degraded = state.upstream_failures >= s.upstream_degraded_after
+    degraded = state.upstream_degraded
     upstream = {
         "status": "degraded" if degraded else "ok",
         "consecutive_connect_failures": state.upstream_failures,

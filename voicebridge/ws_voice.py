@@ -34,8 +34,9 @@ async def voice_ws(request: web.Request) -> web.StreamResponse:
     """Upgrade, check access, register, relay; unregister whatever way it ends."""
     state = request.app[STATE]
     s = state.settings
-    if state.draining:
-        raise json_error(web.HTTPServiceUnavailable, "server is shutting down", errors.ERR_SHUTDOWN)
+    refusal = state.refuse_calls()
+    if refusal is not None:
+        raise refusal
     offered = request.headers.get("Sec-WebSocket-Protocol", "")
     tokens = s.client_tokens
     token: str | None = None

@@ -77,9 +77,10 @@ async def twilio_voice(request: web.Request) -> web.Response:
             "Twilio calls are off: set TWILIO_AUTH_TOKEN to the account's auth token",
             errors.ERR_PHONE_OFF,
         )
-    if state.draining:
+    refusal = state.refuse_calls()
+    if refusal is not None:
         # Twilio tries the number's fallback URL (another instance) on a 5xx.
-        raise json_error(web.HTTPServiceUnavailable, "server is shutting down", errors.ERR_SHUTDOWN)
+        raise refusal
     form = await request.post()
     params = [(k, v) for k, v in form.items() if isinstance(v, str)]
     url = _public(request, phone) + request.path_qs if phone.public_url else str(request.url)
@@ -110,8 +111,9 @@ async def twilio_stream(request: web.Request) -> web.StreamResponse:
     """Twilio's media stream: upgrade, wait for a ``start`` with a valid token, relay."""
     state = request.app[STATE]
     s = state.settings
-    if state.draining:
-        raise json_error(web.HTTPServiceUnavailable, "server is shutting down", errors.ERR_SHUTDOWN)
+    refusal = state.refuse_calls()
+    if refusal is not None:
+        raise refusal
     ws = websocket(s.max_frame_bytes)
     await ws.prepare(request)
     try:
@@ -146,8 +148,9 @@ async def acs_stream(request: web.Request) -> web.StreamResponse:
     """ACS's media stream: a valid ``?token=`` first, then ``AudioMetadata``, then relay."""
     state = request.app[STATE]
     s = state.settings
-    if state.draining:
-        raise json_error(web.HTTPServiceUnavailable, "server is shutting down", errors.ERR_SHUTDOWN)
+    refusal = state.refuse_calls()
+    if refusal is not None:
+        raise refusal
     try:
         grant = tokens.verify(
             request.app[TOKEN_SECRET], request.query.get("token", ""), channel="acs"
