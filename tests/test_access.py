@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ipaddress import ip_network
+
 import pytest
 
 from voicebridge.access import (
@@ -10,6 +12,7 @@ from voicebridge.access import (
     client_key,
     client_token_ok,
     find_client_token,
+    forwarded_client,
     host_ok,
     is_loopback,
     is_loopback_host,
@@ -256,3 +259,33 @@ def test_loggable_escapes_what_a_client_sent() -> None:
     assert loggable("a\nb\udcff") == "a\\nb\\udcff"
     assert loggable("x" * 500) == "x" * 120
     assert loggable(None) is None
+
+
+_PROXIES = (ip_network("127.0.0.1/32"), ip_network("10.0.0.0/8"))
+
+
+@pytest.mark.parametrize(
+    ("remote", "forwarded", "expected"),
+    [
+        # The peer is a trusted proxy: the rightmost address that is not one is the client.
+        ("127.0.0.1", ["203.0.113.9"], "203.0.113.9"),
+        ("127.0.0.1", ["203.0.113.9, 10.1.2.3"], "203.0.113.9"),
+        ("127.0.0.1", ["198.51.100.1, 203.0.113.9"], "203.0.113.9"),  # left: the client's own
+        ("127.0.0.1", ["198.51.100.1", "203.0.113.9"], "203.0.113.9"),  # two headers
+        ("127.0.0.1", ["2001:db8::1"], "2001:db8::1"),
+        # Nothing usable: the peer's own address stands.
+        ("127.0.0.1", [], None),
+        ("127.0.0.1", ["10.0.0.5"], None),  # only proxies
+        ("127.0.0.1", ["not-an-ip"], None),
+        ("127.0.0.1", ["203.0.113.9, garbage"], None),
+        # An untrusted peer's header is not believed.
+        ("198.51.100.7", ["203.0.113.9"], None),
+        (None, ["203.0.113.9"], None),
+    ],
+)
+def test_forwarded_client(remote: str | None, forwarded: list[str], expected: str | None) -> None:
+    assert forwarded_client(remote, forwarded, _PROXIES) == expected
+
+
+def test_forwarded_headers_are_ignored_without_trusted_proxies() -> None:
+    assert forwarded_client("127.0.0.1", ["203.0.113.9"], ()) is None

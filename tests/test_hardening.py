@@ -543,3 +543,33 @@ async def test_quiet_session_still_works_with_hardened_defaults(aiohttp_client: 
     await voice.ws.send_json({"type": "text", "text": "hello"})
     await voice.until(lambda e: e[0] == "audio")
     await voice.ws.close()
+
+
+async def test_behind_a_trusted_proxy_limits_and_admin_see_the_caller(
+    aiohttp_client: Any,
+) -> None:
+    """With TRUSTED_PROXIES, the client is the one X-Forwarded-For names: the per-client
+    limit counts callers, not the proxy; /sessions shows them; a forwarded caller is not
+    "loopback" for the admin routes. Without it the header is ignored."""
+    client = await client_for(
+        aiohttp_client, TRUSTED_PROXIES="127.0.0.1", MAX_SESSIONS_PER_CLIENT="1"
+    )
+    alice = {"X-Forwarded-For": "203.0.113.9"}
+    first = VoiceSocket(await client.ws_connect("/ws/voice", headers=alice))
+    await first.until_type("session_started")
+    again = VoiceSocket(await client.ws_connect("/ws/voice", headers=alice))
+    assert (await again.until_type("error"))["code"] == "at_capacity"
+    bob = VoiceSocket(await client.ws_connect("/ws/voice", headers={"X-Forwarded-For": "::1"}))
+    await bob.until_type("session_started")  # another caller (the loopback one) gets in
+    sessions = await (await client.get("/sessions")).json()  # the proxy itself: loopback
+    assert {s["client"] for s in sessions["sessions"]} == {"203.0.113.9", "::1"}
+    forwarded = await client.get("/sessions", headers=alice)
+    assert forwarded.status == 401  # a caller through the proxy is no local admin
+
+    plain = await client_for(aiohttp_client, MAX_SESSIONS_PER_CLIENT="1")
+    one = VoiceSocket(await plain.ws_connect("/ws/voice", headers=alice))
+    await one.until_type("session_started")
+    other = VoiceSocket(
+        await plain.ws_connect("/ws/voice", headers={"X-Forwarded-For": "198.51.100.4"})
+    )
+    assert (await other.until_type("error"))["code"] == "at_capacity"  # same peer: refused

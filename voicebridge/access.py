@@ -165,3 +165,38 @@ def loggable(value: str | None, limit: int = 120) -> str | None:
     if value is None:
         return None
     return ascii(value[:limit])[1:-1]
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def forwarded_client(
+    remote: str | None, forwarded_for: Sequence[str], trusted: Sequence[Network]
+) -> str | None:
+    """The client a trusted proxy says it forwards: None when the peer is no trusted proxy
+    or the headers name no usable address (the peer's own address stands then).
+
+    ``forwarded_for`` holds every ``X-Forwarded-For`` header value. The list is read from
+    the right, as each proxy appends the address it received from: trusted proxies are
+    skipped, and the first address that is not one is the client. Anything to its left
+    was written by the client itself and is not believed.
+    """
+    if not trusted or not _in(remote, trusted):
+        return None
+    hops = [hop.strip() for value in forwarded_for for hop in value.split(",")]
+    for hop in reversed(hops):
+        try:
+            address = ipaddress.ip_address(hop)
+        except ValueError:
+            return None  # a malformed hop: nothing further left can be trusted
+        if not any(address in network for network in trusted):
+            return str(address)
+    return None
+
+
+def _in(remote: str | None, trusted: Sequence[Network]) -> bool:
+    try:
+        address = ipaddress.ip_address(remote or "")
+    except ValueError:
+        return False
+    return any(address in network for network in trusted)

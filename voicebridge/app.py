@@ -64,7 +64,7 @@ def create_app(
     the app owns it: one per process, closed on shutdown.
     """
     app = web.Application(
-        middlewares=[_allowed_host],
+        middlewares=[_forwarded_client, _allowed_host],
         handler_args={
             # A connection must complete a request head within REQUEST_TIMEOUT_S of opening
             # or of its previous response (aiohttp's keep-alive timer runs from the start
@@ -308,6 +308,23 @@ async def _drain_sessions(app: web.Application) -> None:
 
 
 # -- middleware -------------------------------------------------------------------------
+
+
+@web.middleware
+async def _forwarded_client(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Behind a proxy in TRUSTED_PROXIES, the client is the one its X-Forwarded-For names:
+    per-client limits, the loopback rule of the admin routes, logs and call records then
+    see callers, not the proxy."""
+    trusted = request.app[STATE].trusted_proxies
+    if trusted:
+        client = access.forwarded_client(
+            request.remote, request.headers.getall("X-Forwarded-For", []), trusted
+        )
+        if client is not None:
+            request = request.clone(remote=client)
+    return await handler(request)
 
 
 @web.middleware

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import importlib.util
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -192,6 +193,8 @@ class Settings:
     phone: PhoneSettings = attrs.field(factory=lambda: _phone_settings_default())  # noqa: PLW0108 (defined below the class)
     allowed_origins: tuple[str, ...] = ()
     allowed_hosts: tuple[str, ...] = ()
+    # Proxies (addresses or networks) whose X-Forwarded-For names the real client.
+    trusted_proxies: tuple[str, ...] = ()
 
     @property
     def uses_emulator(self) -> bool:
@@ -361,6 +364,21 @@ def _parse_off(raw: str) -> str:
     """A value, or "" for off / none / false."""
     value = raw.strip()
     return "" if value.lower() in {"off", "none", "false", "0"} else value
+
+
+def _parse_networks(raw: str) -> tuple[str, ...]:
+    """IP addresses or networks (``127.0.0.1``, ``10.0.0.0/8``, ``::1``), normalised."""
+    networks = []
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        try:
+            networks.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise ValueError(
+                f"expected IP addresses or networks such as 127.0.0.1 or 10.0.0.0/8, got {item!r}"
+            ) from None
+    return tuple(networks)
 
 
 def _parse_hosts(raw: str) -> tuple[str, ...]:
@@ -537,6 +555,7 @@ class _Loader:
             "admin_token": g("ADMIN_TOKEN", str, ""),
             "allowed_origins": g("ALLOWED_ORIGINS", _parse_list, d.allowed_origins),
             "allowed_hosts": g("ALLOWED_HOSTS", _parse_hosts, d.allowed_hosts),
+            "trusted_proxies": g("TRUSTED_PROXIES", _parse_networks, d.trusted_proxies),
         }
         self.apply_model_defaults(values)
         self.validate(values)

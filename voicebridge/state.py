@@ -7,6 +7,7 @@ A module of its own so the request handlers (``ws_voice``, ``ops``) and the app 
 from __future__ import annotations
 
 import time
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import TYPE_CHECKING
 
 import attrs
@@ -48,6 +49,13 @@ class AppState:
     # The Host names requests may carry (ALLOWED_HOSTS, or its default), worked out once.
     host_names: frozenset[str] = attrs.field(
         default=attrs.Factory(lambda self: self.settings.host_names, takes_self=True)
+    )
+    # TRUSTED_PROXIES, parsed once.
+    trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = attrs.field(
+        default=attrs.Factory(
+            lambda self: tuple(ip_network(n) for n in self.settings.trusted_proxies),
+            takes_self=True,
+        )
     )
     # Sessions each client holds on this instance (MAX_SESSIONS_PER_CLIENT), by
     # voicebridge.access.client_key; a client with none has no entry.
