@@ -474,7 +474,7 @@ def test_env_example_is_valid_settings() -> None:
         {**env, "AGENT_INSTRUCTIONS_FILE": str(ROOT / "agent_instructions.md")}
     )
     assert settings.admin_token and settings.allowed_hosts
-    assert settings.max_sessions_per_client == 0
+    assert settings.trusted_proxies == ("127.0.0.1/32", "::1/128")  # callers, not nginx
     assert settings.session_registry.startswith("redis://")
     assert unknown_settings(env, {}) == []
 
