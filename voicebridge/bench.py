@@ -71,6 +71,7 @@ from voicebridge.loadtest.capacity import (
     closed_1001,
     draw,
     judge,
+    phone_line,
     render,
     step_line,
     storm_line,
@@ -81,6 +82,11 @@ from voicebridge.loadtest.capacity import (
 HOST = "127.0.0.1"
 API_KEY = "bench-key"
 DEPLOYMENT = "bench"
+# The phone settings of every server the bench starts, and what its fake providers present.
+TWILIO_AUTH_TOKEN = "bench-twilio-auth-token"
+PHONE_TOKEN_SECRET = "bench-phone-token-secret-0123456789"
+TWILIO = "twilio"
+ACS = "acs"
 READY_TIMEOUT_S = 45.0
 STOP_TIMEOUT_S = 10.0
 DRAIN_S = 2.0
@@ -93,7 +99,17 @@ STORM_FRAME_MS = 200
 PROFILE_SECONDS = {MIRROR: 8.0, CONVERSATION: 15.0}
 
 # Settings the server reads; cleared so a developer's shell or .env cannot skew the run.
-_SERVER_SETTINGS_PREFIXES = ("AZURE_", "VOICELIVE_", "VAD_", "APP_", "SESSION_", "MAX_")
+_SERVER_SETTINGS_PREFIXES = (
+    "AZURE_",
+    "VOICELIVE_",
+    "VAD_",
+    "APP_",
+    "SESSION_",
+    "MAX_",
+    "TWILIO_",
+    "PHONE_",
+    "DTMF_",
+)
 _SERVER_SETTINGS = frozenset(
     {
         "VOICE_NAME",
@@ -106,6 +122,7 @@ _SERVER_SETTINGS = frozenset(
         "ADMIN_TOKEN",
         "ALLOWED_ORIGINS",
         "STATIC_DIR",
+        "PUBLIC_URL",
     }
 )
 _PACKAGES = (
@@ -348,6 +365,9 @@ def server_env(port: int, emulator_port: int, src: Path | None = None) -> dict[s
         MAX_SESSIONS_PER_CLIENT="5000",
         MAX_CONNECTIONS="10000",
         LOG_LEVEL="WARNING",
+        # Phone calls: Twilio's webhook signed with this token, stream tokens with this secret.
+        TWILIO_AUTH_TOKEN=TWILIO_AUTH_TOKEN,
+        PHONE_TOKEN_SECRET=PHONE_TOKEN_SECRET,
     )
     return env
 
@@ -460,11 +480,13 @@ def run_loadtest(
     ramp: float | None = None,
     extra: Sequence[str] = (),
     during: Callable[[subprocess.Popen[bytes]], None] | None = None,
+    channel: str | None = None,
 ) -> Run:
     """One load-generator process; its JSON report and the load from outside the bench.
 
     ``during``, if given, is called once the generator has started (the shutdown row
-    sends SIGTERM from there).
+    sends SIGTERM from there). ``channel`` (twilio, acs): phone calls to the bridge at
+    ``target.url``, the run's path named after the channel.
     """
     secs = cfg.seconds_for(scenario) if seconds is None else seconds
     ramp = ramp_for(sessions) if ramp is None else ramp
@@ -472,18 +494,25 @@ def run_loadtest(
     argv += ["--sessions", str(sessions), "--seconds", f"{secs:g}", "--ramp", f"{ramp:g}"]
     argv += ["--frame-ms", str(cfg.frame_ms), "--drain", f"{DRAIN_S:g}", "--json", "--quiet"]
     argv += ["--server-pid", str(target.measured.pid), "--connect-timeout", "30"]
-    if target.path == DIRECT:
+    env = dict(os.environ)
+    path = target.path
+    if channel is not None:
+        argv += ["--url", target.url, "--channel", channel]
+        # Secrets by environment, not on a command line every process can read.
+        env.update(TWILIO_AUTH_TOKEN=TWILIO_AUTH_TOKEN, PHONE_TOKEN_SECRET=PHONE_TOKEN_SECRET)
+        path = channel
+    elif target.path == DIRECT:
         argv += ["--direct", target.url, "--api-key", API_KEY]
     else:
         argv += ["--url", target.url, "--offer-deflate", f"{cfg.deflate_share:g}"]
     argv += list(extra)
-    slug = re.sub(r"[^a-z0-9]+", "-", target.path.lower()).strip("-")
+    slug = re.sub(r"[^a-z0-9]+", "-", path.lower()).strip("-")
     name = f"loadtest-{scenario}-{slug}-{sessions}"
     out_path = procs.logdir / f"{name}.json"
     ours = [target.measured, *target.others]
     busy0, ours0, kids0 = _busy_seconds(), sum(map(_cpu_seconds, ours)), _children_cpu()
     t0 = time.monotonic()
-    proc = procs.start(name, argv, os.environ, stdout=out_path, cores=cores)
+    proc = procs.start(name, argv, env, stdout=out_path, cores=cores)
     try:
         if during is not None:
             during(proc)
@@ -500,7 +529,7 @@ def run_loadtest(
         raise BenchError(f"{name} exited {proc.returncode} with no report:\n{procs.log_tail(name)}")
     report: dict[str, Any] = json.loads(text.splitlines()[-1])
     return Run(
-        path=target.path,
+        path=path,
         scenario=scenario,
         sessions=sessions,
         report=report,
@@ -521,6 +550,7 @@ class _Bench:
     cores: Cores
     log: TextIO
     steps: list[Step] = attrs.Factory(list)
+    phone: list[Run] = attrs.Factory(list)
     storm: Run | None = None
     shutdown: Shutdown | None = None
     profiles: list[Profile] = attrs.Factory(list)
@@ -601,6 +631,43 @@ class _Bench:
                 self.say(f"{scenario} {n} sessions: {step_line(step)}")
                 if not step.within:
                     break
+        finally:
+            self.procs.stop(proc)
+
+    def phone_calls(self) -> None:
+        """The conversation as Twilio and ACS calls, each run on a server started for it."""
+        runs = [(TWILIO, n) for n in self.cfg.twilio_steps]
+        runs += [(ACS, n) for n in self.cfg.acs_steps]
+        if not runs:
+            return
+        port = free_port()
+        proc = start_emulator(self.procs, port, mirror=False, cores=self.cores.harness)
+        try:
+            for channel, n in runs:
+                server_port = free_port()
+                server = start_server(self.procs, server_port, port, cores=self.cores.server)
+                target = _Target(channel, f"ws://{HOST}:{server_port}/ws/voice", server, (proc,))
+                try:
+                    self.warm_up(target)
+                    wait_for_quiet([proc, server], self.cfg.quiet_wait, self.log)
+                    # The emulator decodes and resamples the calls' audio: its CPU says
+                    # whether the harness's core, not the server, was the limit.
+                    cpu0, t0 = _cpu_seconds(proc), time.monotonic()
+                    run = self.loadtest(
+                        target,
+                        CONVERSATION,
+                        n,
+                        seconds=self.cfg.phone_seconds,
+                        channel=channel,
+                    )
+                    emulator_pct = 100 * (_cpu_seconds(proc) - cpu0) / (time.monotonic() - t0)
+                    run = attrs.evolve(
+                        run, report={**run.report, "emulator_cpu_pct": round(emulator_pct, 1)}
+                    )
+                finally:
+                    self.procs.stop(server)
+                self.phone.append(run)
+                self.say(f"{channel} {n} calls: {phone_line(run)}")
         finally:
             self.procs.stop(proc)
 
@@ -698,6 +765,7 @@ class _Bench:
             if self.cfg.steps(scenario):
                 self.say(f"{scenario}: steps {', '.join(map(str, self.cfg.steps(scenario)))}")
                 self.ladder(scenario)
+        self.phone_calls()
         if self.cfg.storm:
             self.storm_and_shutdown()
         if self.cfg.profile:
@@ -786,6 +854,11 @@ def _session_counts(text: str) -> tuple[int, ...]:
     return counts
 
 
+def _session_counts_or_none(text: str) -> tuple[int, ...]:
+    """Like ``_session_counts``; "0" alone means none."""
+    return () if text.strip() == "0" else _session_counts(text)
+
+
 def _on_sigterm(signum: int, _frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
 
@@ -796,6 +869,9 @@ FULL = {
     "seconds": 10.0,
     "conversation_seconds": 25.0,
     "storm": 500,
+    "twilio_steps": (50, 100),
+    "acs_steps": (100,),
+    "phone_seconds": 15.0,
 }
 QUICK = {
     "mirror_steps": (20, 50),
@@ -803,6 +879,9 @@ QUICK = {
     "seconds": 5.0,
     "conversation_seconds": 12.0,
     "storm": 100,
+    "twilio_steps": (20,),
+    "acs_steps": (20,),
+    "phone_seconds": 8.0,
 }
 
 
@@ -829,6 +908,17 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
         default=20.0,
         help="the added p99 a step may show and still count as within (20)",
     )
+    parser.add_argument(
+        "--twilio-steps",
+        type=_session_counts_or_none,
+        help="Twilio calls (conversation) at these counts, e.g. 50,100 (0: none)",
+    )
+    parser.add_argument(
+        "--acs-steps",
+        type=_session_counts_or_none,
+        help="ACS calls (conversation) at these counts, e.g. 100 (0: none)",
+    )
+    parser.add_argument("--phone-seconds", type=float, help="streaming time of a phone run (15)")
     parser.add_argument(
         "--storm", type=int, help="sessions of the connect storm and shutdown rows (500; 0: skip)"
     )
@@ -883,6 +973,9 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
         pin=not args.no_pin,
         quick=args.quick,
         profile=not args.no_profile,
+        twilio_steps=pick("twilio_steps"),
+        acs_steps=pick("acs_steps"),
+        phone_seconds=pick("phone_seconds"),
     )
 
 
@@ -925,6 +1018,10 @@ def write(results: BenchResults, machine: Mapping[str, str], log: TextIO) -> Non
             "closed_1001": closed_1001(results.shutdown.run),
         },
         "profiles": [attrs.asdict(p) for p in results.profiles],
+        "phone": [
+            {"channel": r.path, "calls": r.sessions, "other_cores": r.other_cores, **r.report}
+            for r in results.phone
+        ],
     }
     out.with_suffix(".json").write_text(json.dumps(raw, indent=2) + "\n")
 
@@ -960,7 +1057,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("bench: interrupted; every process it started was stopped", file=log)
         return 130
     machine = {**machine, "load average after": " ".join(f"{x:.2f}" for x in os.getloadavg())}
-    results = BenchResults(cfg, bench.steps, bench.storm, bench.shutdown, bench.profiles)
+    results = BenchResults(
+        cfg, bench.steps, bench.storm, bench.shutdown, bench.profiles, phone=bench.phone
+    )
     write(results, machine, log)
     bench.say(f"wrote {cfg.out}, {cfg.out.with_suffix('.json')} and the pictures")
     for target, measured, verdict in targets(results):

@@ -18,6 +18,11 @@ Only loopback targets are accepted.
   answers, response latency, barge-ins, the echo check).
 - ``options``: ``LoadTestConfig`` and the command-line flags; ``runner``: the run and
   ``main`` (with ``--url`` and ``--direct`` together, both, side by side).
+- ``phone``: fake phone providers (``TwilioCall``, ``AcsCall``; their common part in
+  ``phone_call``), real WebSocket clients speaking Twilio Media Streams and ACS audio
+  streaming, with ``playback`` (the provider's playback buffer: marks, clear) and
+  ``phone_audio`` (audio in each channel's format, prepared once); ``phone_run``: the
+  run of ``--channel twilio|acs``.
 - ``capacity`` and ``plots``: what ``make bench`` (:mod:`voicebridge.bench`) makes of the
   reports: steps, the knee (sessions per core), the targets, the page and its pictures.
 
@@ -25,7 +30,8 @@ Two scenarios (``--scenario``): *mirror*, above; and *conversation*, where each 
 speaks real sentences in real time with pauses, the emulator runs as it normally does
 (voice activity detection, an answer echoing each turn in real time, 100 ms deltas) and
 a share of callers barge in; it reports the response latency, the barge-in reaction and
-the answers that came back damaged.
+the answers that came back damaged. With ``--channel twilio`` or ``--channel acs`` the
+callers of the conversation are phone calls placed as those providers place them.
 """
 
 from voicebridge.loadtest.accounting import HEADER, make_body

@@ -57,6 +57,11 @@ class BenchConfig:
     pin: bool = True
     quick: bool = False
     profile: bool = True
+    #: Phone calls (conversation, through a fresh server each): Twilio and ACS at these
+    #: call counts, for the cost per call next to the browser path's at the same count.
+    twilio_steps: tuple[int, ...] = ()
+    acs_steps: tuple[int, ...] = ()
+    phone_seconds: float = 15.0
 
     def steps(self, scenario: str) -> tuple[int, ...]:
         return self.mirror_steps if scenario == MIRROR else self.conversation_steps
@@ -185,6 +190,20 @@ def step_line(step: Step) -> str:
         f" server {_f(r.get('server_cpu_pct'), 0)}% of its core"
         f" ({_f(r.get('server_cpu_pct_per_session'), 3)}% a session),"
         f" {_kb(r.get('server_rss_per_session_bytes'))} kB a session"
+    )
+
+
+def phone_line(run: Run) -> str:
+    """One phone run in one line for the console."""
+    r = run.report
+    return (
+        f"server {_f(r.get('server_cpu_pct_per_session'), 3)}% a call,"
+        f" {_kb(r.get('server_rss_per_session_bytes'))} kB a call; latency p50"
+        f" {_f(r.get('response_latency_p50_ms'), 0)} p99 {_f(r.get('response_latency_p99_ms'), 0)}"
+        f" ms; {r.get('answers_damaged')} of {r.get('answers_complete')} answers damaged,"
+        f" {r.get('frames_lost')} frames lost; {r.get('sessions_failed')} failed,"
+        f" {r.get('sessions_dropped')} dropped; emulator {_f(r.get('emulator_cpu_pct'), 0)}%"
+        f" of its core{harness_note(r)}"
     )
 
 
@@ -397,6 +416,7 @@ class BenchResults:
     storm: Run | None = None
     shutdown: Shutdown | None = None
     profiles: Sequence[Profile] = ()
+    phone: Sequence[Run] = ()  # path: the channel (twilio, acs); scenario: conversation
 
 
 def _ladder_rows(steps: Sequence[Step], scenario: str) -> list[str]:
@@ -563,6 +583,10 @@ def render(results: BenchResults, machine: Mapping[str, str], pictures: Sequence
         "",
         *_ladder_rows(results.steps, CONVERSATION),
         "",
+        "## Phone calls",
+        "",
+        *phone_rows(results),
+        "",
         "## Connect storm and shutdown",
         "",
         *_storm_rows(results),
@@ -611,6 +635,82 @@ def _storm_rows(results: BenchResults) -> list[str]:
     ]
 
 
+def _browser_at(steps: Sequence[Step], sessions: int) -> Run | None:
+    step = _step(steps, CONVERSATION, sessions)
+    return None if step is None else step.bridges[0]
+
+
+#: The emulator and the load generator together above this share of their core: the
+#: harness, not the server, is what the phone row's latency and damage measure.
+HARNESS_LIMIT_PCT = 80.0
+
+
+def harness_note(report: Mapping[str, Any]) -> str:
+    """ " (harness limit)" when the harness's core was nearly all used, else ""."""
+    emulator, loadgen = report.get("emulator_cpu_pct"), report.get("loadgen_cpu_pct")
+    if emulator is None or loadgen is None:
+        return ""
+    return " (harness limit)" if emulator + loadgen >= HARNESS_LIMIT_PCT else ""
+
+
+def _latency(report: Mapping[str, Any]) -> str:
+    p50, p99_ = report.get("response_latency_p50_ms"), report.get("response_latency_p99_ms")
+    return f"{_f(p50, 0)} / {_f(p99_, 0)}"
+
+
+def phone_rows(results: BenchResults) -> list[str]:
+    """The phone calls next to the browser path's conversation at the same call count."""
+    if not results.phone:
+        return ["Not run (`--twilio-steps 0 --acs-steps 0`)."]
+    cfg = results.cfg
+    rows = [
+        "The conversation scenario placed as phone calls, each run through a server started"
+        f" fresh for it (pinned), {cfg.phone_seconds:g} s: **twilio** POSTs the signed voice"
+        " webhook, reads the TwiML and streams Media Streams on `/ws/twilio` (8 kHz μ-law,"
+        " 20 ms `media` messages; the agent's audio is played through a modelled playback"
+        " buffer, marks echoed when reached, `clear` honoured); **acs** streams ACS audio on"
+        " `/ws/acs` (PCM16 16 kHz). The emulator echoes each turn in the call's format. The"
+        " echo comes back resampled, so an answer is *damaged* when its speech span differs"
+        " from the utterance's by more than one 20 ms frame; *frames lost* is the speech"
+        " missing from damaged answers. *Caller audio lost* is what the calls sent minus what"
+        " the server relayed upstream (its `voicebridge_audio_in_seconds`). The browser"
+        " columns are the conversation step of the same size above (`/ws/voice`, PCM16 24 kHz)."
+        " The emulator decodes and resamples phone audio to 24 kHz for its voice activity"
+        " detection, which costs it more per call than a browser's; it shares the harness"
+        " core with the load generator, and when the two use most of it (*harness limit*)"
+        " the latency and damage figures are the harness's, not the server's.",
+        "",
+        "| channel | calls | server CPU % a call (browser) | RSS kB a call (browser)"
+        " | response latency p50 / p99 ms (browser) | answers damaged | frames lost"
+        " | caller audio lost s | barge-ins cleared | failed / dropped | load generator CPU"
+        " | emulator CPU | other load |",
+        "|---|---:|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|",
+    ]
+    for run in results.phone:
+        r = run.report
+        b = _browser_at(results.steps, run.sessions)
+        br = {} if b is None else b.report
+        sent, relayed = r.get("caller_audio_sent_s"), r.get("caller_audio_relayed_s")
+        lost_in = None if sent is None or relayed is None else max(sent - relayed, 0.0)
+        rows.append(
+            f"| {run.path} | {run.sessions}"
+            f" | {_f(r.get('server_cpu_pct_per_session'), 3)}"
+            f" ({_f(br.get('server_cpu_pct_per_session'), 3)})"
+            f" | {_kb(r.get('server_rss_per_session_bytes'))}"
+            f" ({_kb(br.get('server_rss_per_session_bytes'))})"
+            f" | {_latency(r)} ({_latency(br)})"
+            f" | {r.get('answers_damaged')} of {r.get('answers_complete')}"
+            f" | {r.get('frames_lost')} | {_f(lost_in)}"
+            f" | {r.get('barge_ins_cleared')} of {r.get('barge_ins')}"
+            f" | {r.get('sessions_failed')} / {r.get('sessions_dropped')}"
+            f" | {_f(r.get('loadgen_cpu_pct'), 0)}%"
+            f"{' (saturated)' if r.get('loadgen_saturated') else ''}"
+            f" | {_f(r.get('emulator_cpu_pct'), 0)}%{harness_note(r)}"
+            f" | {run.other_cores:.2f} |"
+        )
+    return rows
+
+
 def bench_args(cfg: BenchConfig) -> str:
     """The command-line flags that reproduce ``cfg``."""
     parts = [
@@ -619,6 +719,11 @@ def bench_args(cfg: BenchConfig) -> str:
         f" --seconds {cfg.seconds:g} --conversation-seconds {cfg.conversation_seconds:g}",
         f" --threshold-ms {cfg.threshold_ms:g} --storm {cfg.storm}",
     ]
+    parts.append(
+        f" --twilio-steps {','.join(map(str, cfg.twilio_steps)) or '0'}"
+        f" --acs-steps {','.join(map(str, cfg.acs_steps)) or '0'}"
+        f" --phone-seconds {cfg.phone_seconds:g}"
+    )
     if cfg.baseline is not None:
         parts.append(f" --baseline-src {cfg.baseline}")
     if not cfg.pin:

@@ -20,6 +20,11 @@ from voicebridge.config import DEFAULT_API_VERSION
 from voicebridge.protocol import BYTES_PER_MS
 
 DEFAULT_MODEL = "bench"
+BROWSER = "browser"
+TWILIO = "twilio"
+ACS = "acs"
+CHANNELS = (BROWSER, TWILIO, ACS)
+ACS_SAMPLE_RATES = (16_000, 24_000)
 MIRROR = "mirror"
 CONVERSATION = "conversation"
 SCENARIOS = (MIRROR, CONVERSATION)
@@ -106,6 +111,40 @@ class LoadTestConfig:
     #: Conversation: the mean pause before the next utterance, once an answer has ended.
     pause: float = attrs.field(default=1.0, validator=[_non_negative])
     voice: str = attrs.field(default="en-us", validator=_one_line)
+    #: Who calls: browsers on /ws/voice, or a phone provider (Twilio, ACS) per call.
+    channel: str = attrs.field(default=BROWSER, validator=attrs.validators.in_(CHANNELS))
+    #: Twilio: the server's TWILIO_AUTH_TOKEN, to sign the voice webhook.
+    twilio_auth_token: str = attrs.field(default="", repr=False)
+    #: ACS: the server's PHONE_TOKEN_SECRET, to mint each call's stream token.
+    phone_token_secret: str = attrs.field(default="", repr=False)
+    acs_sample_rate: int = attrs.field(
+        default=16_000, validator=attrs.validators.in_(ACS_SAMPLE_RATES)
+    )
+
+    def __attrs_post_init__(self) -> None:
+        if self.channel == BROWSER:
+            return
+        problems = []
+        if self.scenario != CONVERSATION:
+            problems.append(
+                "phone channels run the conversation scenario (mirror frames are stamped"
+                " PCM, which a μ-law or resampled path cannot carry back intact)"
+            )
+        if self.direct:
+            problems.append("--direct talks to Voice Live; phone channels call the bridge")
+        if self.frame_ms != 20:
+            problems.append("phone providers send 20 ms frames (--frame-ms 20)")
+        if self.channel == TWILIO and not self.twilio_auth_token:
+            problems.append("--channel twilio needs the server's TWILIO_AUTH_TOKEN")
+        if self.channel == ACS and not self.phone_token_secret:
+            problems.append("--channel acs needs the server's PHONE_TOKEN_SECRET")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    @property
+    def phone(self) -> bool:
+        """Phone calls (Twilio or ACS) rather than browsers."""
+        return self.channel != BROWSER
 
     @property
     def frame_bytes(self) -> int:
@@ -170,9 +209,10 @@ def add_loadtest_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--scenario",
         choices=SCENARIOS,
-        default=MIRROR,
+        default=None,
         help="mirror: tagged frames the emulator's mirror mode sends straight back;"
-        " conversation: callers speak (espeak-ng) and pause, the emulator answers (mirror)",
+        " conversation: callers speak (espeak-ng) and pause, the emulator answers (default:"
+        " mirror for browsers, conversation for phone channels)",
     )
     parser.add_argument(
         "--barge-in",
@@ -189,6 +229,32 @@ def add_loadtest_arguments(parser: argparse.ArgumentParser) -> None:
         help="conversation: mean pause after an answer before the next utterance (1)",
     )
     parser.add_argument("--voice", default="en-us", help="conversation: espeak-ng voice (en-us)")
+    parser.add_argument(
+        "--channel",
+        choices=CHANNELS,
+        default=BROWSER,
+        help="browser: clients of /ws/voice; twilio: calls as Twilio places them (voice"
+        " webhook, then Media Streams on /ws/twilio); acs: Azure Communication Services"
+        " audio streaming on /ws/acs. Phone channels run the conversation scenario; --url"
+        " names the server (its host and port)",
+    )
+    parser.add_argument(
+        "--twilio-auth-token",
+        default=None,
+        help="twilio: the server's TWILIO_AUTH_TOKEN (default: $TWILIO_AUTH_TOKEN)",
+    )
+    parser.add_argument(
+        "--phone-token-secret",
+        default=None,
+        help="acs: the server's PHONE_TOKEN_SECRET (default: $PHONE_TOKEN_SECRET)",
+    )
+    parser.add_argument(
+        "--acs-sample-rate",
+        type=int,
+        choices=ACS_SAMPLE_RATES,
+        default=16_000,
+        help="acs: PCM16 sample rate of the stream (16000)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
@@ -234,8 +300,24 @@ def config_from_args(
         api_version=args.api_version,
         offer_deflate=args.offer_deflate,
         progress=not args.quiet,
-        scenario=args.scenario,
+        scenario=args.scenario
+        or (MIRROR if (getattr(args, "channel", None) or BROWSER) == BROWSER else CONVERSATION),
         barge_in=args.barge_in,
         pause=args.pause,
         voice=args.voice,
+        **_phone_settings(args, env),
     )
+
+
+def _phone_settings(args: argparse.Namespace, env: Mapping[str, str]) -> dict[str, Any]:
+    channel = getattr(args, "channel", None) or BROWSER
+    if channel == BROWSER:
+        return {}
+    token = getattr(args, "twilio_auth_token", None)
+    secret = getattr(args, "phone_token_secret", None)
+    return {
+        "channel": channel,
+        "twilio_auth_token": token if token is not None else env.get("TWILIO_AUTH_TOKEN", ""),
+        "phone_token_secret": secret if secret is not None else env.get("PHONE_TOKEN_SECRET", ""),
+        "acs_sample_rate": getattr(args, "acs_sample_rate", 16_000),
+    }

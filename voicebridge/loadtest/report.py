@@ -98,6 +98,19 @@ class Report:
     barge_in_stop_p95_ms: float | None = None
     barge_in_stop_p99_ms: float | None = None
     barge_in_stop_max_ms: float | None = None
+    # Phone channels (voicebridge.loadtest.phone_run); None on the browser path. Seconds of
+    # audio: sent by the calls, relayed by the server (its /metrics counters), received,
+    # played and discarded (by clears) at the calls.
+    channel: str = "browser"
+    caller_audio_sent_s: float | None = None
+    caller_audio_relayed_s: float | None = None
+    agent_audio_relayed_s: float | None = None
+    agent_audio_received_s: float | None = None
+    agent_audio_played_s: float | None = None
+    agent_audio_discarded_s: float | None = None
+    marks_echoed: int | None = None
+    clears: int | None = None
+    answers_stalled: int | None = None  # paused over 500 ms before the whole echo came
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for JSON output."""
@@ -297,6 +310,8 @@ def format_report(report: Report) -> str:
         ]
     else:
         rows += _conversation_rows(report, num)
+    if report.channel != "browser":
+        rows += _phone_rows(report, num)
     rows += [
         (
             "unexpected",
@@ -390,6 +405,30 @@ def _conversation_rows(report: Report, num: Callable[[float | None], str]) -> li
             f"p50 {num(report.barge_in_stop_p50_ms)}  p95 {num(report.barge_in_stop_p95_ms)}"
             f"  p99 {num(report.barge_in_stop_p99_ms)}"
             f"  max {num(report.barge_in_stop_max_ms)} ms",
+        ),
+    ]
+
+
+def _phone_rows(report: Report, num: Callable[[float | None], str]) -> list[tuple[str, str]]:
+    return [
+        (
+            "caller audio",
+            f"sent {num(report.caller_audio_sent_s)} s, relayed upstream by the server"
+            f" {num(report.caller_audio_relayed_s)} s",
+        ),
+        (
+            "agent audio",
+            f"sent by the server {num(report.agent_audio_relayed_s)} s, received"
+            f" {num(report.agent_audio_received_s)} s, played {num(report.agent_audio_played_s)}"
+            f" s, discarded by clears {num(report.agent_audio_discarded_s)} s",
+        ),
+        (
+            "playback",
+            f"{report.marks_echoed} marks echoed, {report.clears} clears",
+        ),
+        (
+            "stalls",
+            f"{report.answers_stalled} answers paused over 500 ms before their whole echo",
         ),
     ]
 

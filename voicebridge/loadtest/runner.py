@@ -23,7 +23,7 @@ from typing import TextIO
 import attrs
 import orjson
 
-from voicebridge.loadtest import speech
+from voicebridge.loadtest import phone_run, speech
 from voicebridge.loadtest.accounting import SessionStats, Tally, make_body
 from voicebridge.loadtest.caller import Caller, RunScript
 from voicebridge.loadtest.calls import CallLog, summarize_calls
@@ -253,6 +253,8 @@ async def run(
     :class:`~voicebridge.loadtest.speech.SpeechToolsMissing` for a conversation on a machine
     without espeak-ng or sox.
     """
+    if config.phone:
+        return await phone_run.run(config, progress_out=progress_out or sys.stderr, calls=calls)
     state = _Run(config, progress_out or sys.stderr)
     report = await state.run()
     if calls is not None and state.conversation:
