@@ -33,7 +33,7 @@ from azure.ai.voicelive.models import (
 from azure.core.credentials import AzureKeyCredential
 
 from tests.speech import make_speech_pcm, speech_bounds_ms, tools_available
-from voicebridge.emulator import EmulatorOptions, RunningEmulator, start_emulator
+from voicebridge.emulator import EmulatorOptions, RunningEmulator, formats, start_emulator
 
 pytestmark = pytest.mark.skipif(not tools_available(), reason="needs espeak-ng and sox")
 
@@ -383,3 +383,17 @@ async def test_mirror_mode_converts_between_formats(emulator: RunningEmulator) -
     deltas = audio_deltas(events)
     assert [len(d) for d in deltas] == [160 * 6] * len(frames)
     assert dbfs(b"".join(deltas)) == pytest.approx(dbfs(sox_convert(wire, ulaw, PCM24)), abs=1.0)
+
+
+def test_phone_rate_conversions_are_exact_round_trips() -> None:
+    """8 kHz audio held to 24 kHz and decimated back is what it was, sample for sample;
+    24 kHz decimated keeps every third sample from the first."""
+    pcm8 = b"".join(v.to_bytes(2, "little", signed=True) for v in (-32768, -1, 0, 1, 32767))
+    up = formats.thrice(pcm8)
+    assert len(up) == 3 * len(pcm8)
+    assert up[:6] == pcm8[:2] * 3
+    assert formats.every_third(up) == pcm8
+    pcm24 = b"".join(v.to_bytes(2, "little", signed=True) for v in range(9))
+    assert formats.every_third(pcm24) == b"".join(
+        v.to_bytes(2, "little", signed=True) for v in (0, 3, 6)
+    )

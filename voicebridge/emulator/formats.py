@@ -61,8 +61,9 @@ def to_pcm16(fmt: AudioFormat, data: bytes) -> bytes:
 
 
 def from_pcm24k(fmt: AudioFormat, pcm: bytes) -> bytes:
-    """``fmt``'s bytes for the emulator's PCM16 24 kHz audio."""
-    pcm = g711.resample(pcm, SAMPLE_RATE, fmt.rate)
+    """``fmt``'s bytes for the emulator's PCM16 24 kHz audio (to 8 kHz: every third
+    sample, which is cheap and gives back exactly what :func:`thrice` made of 8 kHz)."""
+    pcm = every_third(pcm) if fmt.rate == 8000 else g711.resample(pcm, SAMPLE_RATE, fmt.rate)
     if fmt.codec == "g711_ulaw":
         return g711.ulaw_encode(pcm)
     if fmt.codec == "g711_alaw":
@@ -110,8 +111,35 @@ class InputDecoder:
         pcm = self._held + to_pcm16(self.format, data)
         if self.format.rate == SAMPLE_RATE:
             return pcm
+        if self.format.rate == 8000:
+            return thrice(pcm)
         # Samples per whole group: 16 kHz -> 24 kHz maps 2 samples onto 3.
         group = 2 * (self.format.rate // gcd(self.format.rate, SAMPLE_RATE))
         usable = len(pcm) - len(pcm) % group
         self._held = pcm[usable:]
         return g711.resample(pcm[:usable], self.format.rate, SAMPLE_RATE)
+
+
+# Phone audio (8 kHz) is converted per append, for every call the emulator serves: these
+# two run in C (extended slices), about twenty times faster than `g711.resample`'s
+# interpolation. Sample-and-hold adds images above 4 kHz, which neither the VAD (a level
+# detector) nor a test listening to the echo minds; the round trip is exact.
+
+
+def thrice(pcm: bytes) -> bytes:
+    """8 kHz PCM16 as 24 kHz: each sample held for three."""
+    out = bytearray(len(pcm) * 3)
+    low, high = pcm[0::2], pcm[1::2]
+    for i in range(3):
+        out[2 * i :: 6] = low
+        out[2 * i + 1 :: 6] = high
+    return bytes(out)
+
+
+def every_third(pcm: bytes) -> bytes:
+    """24 kHz PCM16 as 8 kHz: every third sample, from the first."""
+    samples = (len(pcm) // 2 + 2) // 3
+    out = bytearray(samples * 2)
+    out[0::2] = pcm[0::6][:samples]
+    out[1::2] = pcm[1::6][:samples]
+    return bytes(out)
