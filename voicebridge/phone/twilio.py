@@ -11,9 +11,10 @@ twilio.com/docs/voice/media-streams/websocket-messages):
 * We send ``media`` (base64 μ-law, no track), ``mark`` (a name), and ``clear``, which
   empties Twilio's playback buffer (Twilio then echoes the marks it discarded).
 
-Agent audio goes out in 20 ms ``media`` messages, each chunk followed by a ``mark`` named
-``<response id>:<ms of it sent so far>``: the echoes say how far the caller has heard each
-response, so a barge-in truncates the agent's turn at the last acknowledged position.
+Agent audio goes out in 20 ms ``media`` messages; each piece Voice Live sends (an audio
+delta, typically 100 ms) is followed by one ``mark`` named ``<response id>:<ms of it sent
+so far>``. The echoes say how far the caller has heard each response, so a barge-in
+truncates the agent's turn at the last acknowledged position (to within one delta).
 """
 
 from __future__ import annotations
