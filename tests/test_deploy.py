@@ -6,6 +6,7 @@ while calls are in progress; and the systemd unit and settings example checked a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import shutil
 import signal
@@ -13,6 +14,7 @@ import socket
 import ssl
 import subprocess
 import time
+import wave
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,7 @@ UNIT = DEPLOY / "systemd" / "voicebridge@.service"
 ENV_EXAMPLE = DEPLOY / "systemd" / "voicebridge.env.example"
 
 NAME = "localhost"
+CHROMIUM = "/usr/bin/chromium"
 ADMIN_TOKEN = "deploy-test-admin-token"
 CLIENT_TOKEN = "deploy-test-client-token"
 # Long enough that instance A is still draining (finishing this answer, which the
@@ -276,12 +279,14 @@ async def servers() -> AsyncIterator[list[ServerProcess]]:
 
 @pytest.mark.skipif(nginx_binary() is None, reason="nginx is not installed (apt-get install nginx)")
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed")
 async def test_rolling_restart_behind_nginx_cuts_no_call(
     tmp_path: Path, servers: list[ServerProcess], speech: dict[str, bytes]
 ) -> None:
     """Through the shipped nginx site over wss: SIGTERM on one instance lets its calls finish
-    the answer and close 1001, new calls go to the other, whose calls never notice; the
-    restarted instance takes calls again."""
+    the answer and close 1001 (the browser page on it reconnects, through nginx, to the
+    other), new calls go to the other, whose calls never notice; the restarted instance
+    takes calls again."""
     cert, key = make_self_signed_cert(tmp_path, NAME)
     ports: set[int] = set()
     while len(ports) < 4:
@@ -291,6 +296,7 @@ async def test_rolling_restart_behind_nginx_cuts_no_call(
     redis = RedisServer().start()
     nginx: NginxServer | None = None
     calls: list[Call] = []
+    browsers = contextlib.AsyncExitStack()
     try:
         env = instance_env(redis.url, base)
         servers.extend([instance(tmp_path, a_port, env, "a"), instance(tmp_path, b_port, env, "b")])
@@ -330,6 +336,23 @@ async def test_rolling_restart_behind_nginx_cuts_no_call(
                                 allow_redirects=False) as resp:  # fmt: skip
                 assert resp.status == 301
                 assert resp.headers["Location"] == f"https://{NAME}/"
+
+            # A browser through the site: the page over https, its call answered. The
+            # instance it lands on is the one stopped below, so its reconnect is seen too.
+            page = await browsers.enter_async_context(browser_page(base, silent_wav(tmp_path)))
+            await page.goto("/")
+            await page.fill("#token", CLIENT_TOKEN)
+            await page.click("#start")
+            await page.wait_for_function(
+                "() => window.voicebridge.client.sessionId !== null", timeout=15_000
+            )
+            first_page_session = await page.evaluate("() => window.voicebridge.client.sessionId")
+            await page.fill("#text-input", "Hello through nginx")
+            await page.click("#send-text")
+            await page.locator("#transcript .bubble-agent").first.wait_for(timeout=15_000)
+            record = await site.get_json(f"/sessions/{first_page_session}")
+            if record["instance"] == b_id:
+                a, b, a_id, b_id, a_port, b_port = b, a, b_id, a_id, b_port, a_port
 
             # Four calls, spread over both instances (least_conn).
             on: dict[str, list[Call]] = {a_id: [], b_id: []}
@@ -386,6 +409,21 @@ async def test_rolling_restart_behind_nginx_cuts_no_call(
             assert await a.wait(timeout=15) == 0
             drain_s = time.monotonic() - stopped_at
 
+            # The page's call was on A: closed 1001, the page reconnects through nginx, to B.
+            await page.wait_for_function(
+                """(first) => {
+                    const c = window.voicebridge.client;
+                    return c.state === 'open' && c.sessionId && c.sessionId !== first;
+                }""",
+                arg=first_page_session,
+                timeout=20_000,
+            )
+            assert "shutting_down" in await page.evaluate("() => window.voicebridge.statusHistory")
+            divider = page.locator("#transcript .divider")
+            assert await divider.get_attribute("data-reason") == "reconnect"
+            page_session = await page.evaluate("() => window.voicebridge.client.sessionId")
+            assert (await site.get_json(f"/sessions/{page_session}"))["instance"] == b_id
+
             # B's answer ran across A's drain, untouched.
             await b1.wait(answered_since(b1_turn), "b1 answer completes", 20)
 
@@ -421,6 +459,7 @@ async def test_rolling_restart_behind_nginx_cuts_no_call(
             for call in calls:
                 if not call.closed:
                     await call.hang_up()
+            await page.click("#stop")
 
             async def registry_empty() -> bool:
                 return (await site.get_json("/sessions"))["count"] == 0
@@ -446,11 +485,47 @@ async def test_rolling_restart_behind_nginx_cuts_no_call(
             print(f"--- nginx error log\n{nginx.error_log()}")
         raise
     finally:
+        await browsers.aclose()
         for call in calls:
             call.abandon()
         if nginx is not None:
             nginx.stop()
         redis.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def browser_page(base: str, microphone: Path) -> AsyncIterator[Any]:
+    """Headless Chromium on the site (trusting its test certificate), with a fake mic."""
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--use-fake-ui-for-media-stream",
+                "--use-fake-device-for-media-stream",
+                f"--use-file-for-fake-audio-capture={microphone}",
+            ],
+        )
+        try:
+            context = await browser.new_context(base_url=base, ignore_https_errors=True)
+            await context.grant_permissions(["microphone"], origin=base)
+            yield await context.new_page()
+        finally:
+            await browser.close()
+
+
+def silent_wav(directory: Path) -> Path:
+    """Five seconds of silence (the fake microphone loops it): the page's turn is typed."""
+    path = directory / "silence.wav"
+    with wave.open(str(path), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(48_000)
+        wav.writeframes(bytes(2 * 5 * 48_000))
+    return path
 
 
 def check_drain_end(call: Call) -> None:
