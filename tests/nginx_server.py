@@ -57,26 +57,6 @@ def stable_port() -> int:
     raise RuntimeError("no free port below the ephemeral range")
 
 
-def make_self_signed_cert(directory: Path, name: str) -> tuple[Path, Path]:
-    """A certificate for ``name`` (and 127.0.0.1) with its key, made by `openssl`; clients
-    trust it with ``ssl.create_default_context(cafile=cert)``."""
-    cert, key = directory / f"{name}.crt", directory / f"{name}.key"
-    # fmt: off
-    subprocess.run(
-        [
-            "openssl", "req", "-x509", "-nodes", "-days", "1",
-            "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-            "-keyout", str(key), "-out", str(cert),
-            "-subj", f"/CN={name}",
-            "-addext", f"subjectAltName=DNS:{name},IP:127.0.0.1",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    # fmt: on
-    return cert, key
-
-
 def _accepts(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5):

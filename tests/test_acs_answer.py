@@ -12,7 +12,6 @@ import hmac
 import io
 import shutil
 import ssl
-import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -25,6 +24,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from structlog.testing import capture_logs
 
+from tests.certs import make_self_signed_cert
 from tests.conftest import make_settings
 from voicebridge.app import create_app
 from voicebridge.config import ConfigError, Settings
@@ -52,19 +52,8 @@ MAX_CALLBACK = acs_answer.MAX_CALLBACK_BYTES
 
 
 def make_certificate(directory: Path) -> Path:
-    """A self-signed certificate and key for 127.0.0.1 (one PEM file each; returns the cert)."""
-    cert, key = directory / "acs.crt", directory / "acs.key"
-    subprocess.run(
-        [
-            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-            "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-            "-addext", "subjectAltName=IP:127.0.0.1",
-            "-keyout", str(key), "-out", str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    return cert
+    """A self-signed certificate for 127.0.0.1 (its key is ``acs.key`` next to it)."""
+    return make_self_signed_cert(directory, "acs")[0]
 
 
 @attrs.define

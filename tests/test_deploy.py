@@ -23,8 +23,9 @@ import aiohttp
 import pytest
 from dotenv import dotenv_values
 
+from tests.certs import make_self_signed_cert
 from tests.conftest import ROOT
-from tests.nginx_server import NginxServer, make_self_signed_cert, nginx_binary, stable_port
+from tests.nginx_server import NginxServer, nginx_binary, stable_port
 from tests.redis_server import RedisServer
 from tests.server_process import ServerProcess
 from tests.speech import make_speech_pcm

@@ -11,6 +11,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tests.certs import make_self_signed_cert
 from tests.conftest import ROOT, clean_environ
 from tests.server_process import ServerProcess
 from tests.voice_client import VoiceSocket
@@ -18,24 +19,8 @@ from tests.voice_client import VoiceSocket
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
 
 
-def make_certificate(directory: Path, name: str = "server") -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1 and localhost, and its key (PEM)."""
-    cert, key = directory / f"{name}.crt", directory / f"{name}.key"
-    subprocess.run(
-        [
-            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-            "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
-            "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-            "-keyout", str(key), "-out", str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    return cert, key
-
-
 async def test_https_and_wss_are_served_with_tls_files(tmp_path: Path, artifacts_dir: Path) -> None:
-    cert, key = make_certificate(tmp_path)
+    cert, key = make_self_signed_cert(tmp_path, "localhost")
     server = ServerProcess(artifacts_dir, TLS_CERT_FILE=str(cert), TLS_KEY_FILE=str(key))
     await server.start()
     try:
@@ -62,8 +47,8 @@ async def test_https_and_wss_are_served_with_tls_files(tmp_path: Path, artifacts
 
 @pytest.mark.parametrize("problem", ["mismatch", "missing_key", "not_pem"])
 def test_a_bad_tls_pair_stops_start_up_with_one_clear_line(tmp_path: Path, problem: str) -> None:
-    cert, key = make_certificate(tmp_path, "a")
-    _other_cert, other_key = make_certificate(tmp_path, "b")
+    cert, key = make_self_signed_cert(tmp_path, "a")
+    _other_cert, other_key = make_self_signed_cert(tmp_path, "b")
     env = {"TLS_CERT_FILE": str(cert), "TLS_KEY_FILE": str(other_key)}
     expected = "the private key does not belong to the certificate"
     if problem == "missing_key":

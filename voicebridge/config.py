@@ -58,6 +58,26 @@ class ConfigError(Exception):
 _SECRET_QUERY = re.compile(r"key|token|pass|secret|sig|auth|credential|code", re.IGNORECASE)
 
 
+def setting_reader(
+    environ: Mapping[str, str], problems: list[str]
+) -> Callable[[str, Callable[[str], T], T], T]:
+    """``get(name, convert, default)`` for the settings modules of other parts: an unset or
+    blank variable is the default; one ``convert`` refuses is the default too, with the
+    problem (``NAME: why``) added to ``problems``."""
+
+    def get(name: str, convert: Callable[[str], T], default: T) -> T:
+        raw = environ.get(name)
+        if raw is None or raw.strip() == "":
+            return default
+        try:
+            return convert(raw.strip())
+        except ValueError as exc:
+            problems.append(f"{name}: {exc}")
+            return default
+
+    return get
+
+
 def shown_path(path: Path) -> str:
     """A path as a problem names it: a relative one with what it resolves to, since the
     working directory of a service is rarely the one its operator has in mind."""

@@ -72,15 +72,7 @@ _PING: Final = PingIn()
 
 def parse_text(data: str | bytes) -> ClientMessage:
     """Parse one text frame; raise ProtocolError naming the problem."""
-    try:
-        msg = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        raise ProtocolError("message is not valid JSON", code=errors.ERR_BAD_JSON) from None
-    if not isinstance(msg, dict):
-        raise ProtocolError(
-            f"message must be a JSON object, got {type(msg).__name__}",
-            code=errors.ERR_BAD_MESSAGE,
-        )
+    msg = json_object(data)
     kind = msg.get("type")
     if kind == "audio":
         return AudioIn(_decode_audio(msg.get("audio")))
@@ -118,6 +110,20 @@ def parse_text(data: str | bytes) -> ClientMessage:
         f"unknown message type {str(kind)[:40]!r}; expected audio, text, ping or playback",
         code=errors.ERR_UNKNOWN_TYPE,
     )
+
+
+def json_object(data: str | bytes) -> dict[str, Any]:
+    """A text frame as the JSON object every dialect's messages are; ProtocolError if not."""
+    try:
+        msg = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise ProtocolError("message is not valid JSON", code=errors.ERR_BAD_JSON) from None
+    if not isinstance(msg, dict):
+        raise ProtocolError(
+            f"message must be a JSON object, got {type(msg).__name__}",
+            code=errors.ERR_BAD_MESSAGE,
+        )
+    return msg
 
 
 def _decode_audio(value: Any) -> bytes:

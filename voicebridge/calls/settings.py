@@ -8,7 +8,7 @@ them with its own, in one :class:`~voicebridge.config.ConfigError`);
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final, Literal, TypeVar
 from urllib.parse import urlsplit
@@ -20,6 +20,7 @@ from voicebridge.config import (  # the same rules as every setting
     _parse_float,
     _parse_int,
     mask_url,
+    setting_reader,
 )
 
 T = TypeVar("T")
@@ -187,16 +188,7 @@ def parse(environ: Mapping[str, str]) -> tuple[CallSettings, list[str]]:
     """The call settings from an environment mapping, and every problem found (the
     settings hold defaults where a value was bad)."""
     problems: list[str] = []
-
-    def get(name: str, convert: Callable[[str], T], default: T) -> T:
-        raw = environ.get(name)
-        if raw is None or raw.strip() == "":
-            return default
-        try:
-            return convert(raw.strip())
-        except ValueError as exc:
-            problems.append(f"{name}: {exc}")
-            return default
+    get = setting_reader(environ, problems)
 
     d = CallSettings()
     prices = Prices(

@@ -72,12 +72,7 @@ class AcsDialect(Dialect):
         self._chunk = CHUNK_MS * audio.bytes_per_ms
 
     def parse(self, text: str) -> protocol.ClientMessage | None:
-        try:
-            msg = orjson.loads(text)
-        except orjson.JSONDecodeError:
-            raise ProtocolError("message is not valid JSON", code=errors.ERR_BAD_JSON) from None
-        if not isinstance(msg, dict):
-            raise ProtocolError("message must be a JSON object", code=errors.ERR_BAD_MESSAGE)
+        msg = protocol.json_object(text)
         kind = msg.get("kind")
         if kind == "AudioData":
             body = msg.get("audioData")

@@ -11,14 +11,14 @@ import base64
 import binascii
 import importlib.util
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import attrs
 
-from voicebridge.config import MASK, _parse_float, _parse_int
+from voicebridge.config import MASK, _parse_float, _parse_int, setting_reader
 
 T = TypeVar("T")
 
@@ -189,16 +189,7 @@ def _acs_problems(values: Mapping[str, Any]) -> list[str]:
 def parse(environ: Mapping[str, str]) -> tuple[PhoneSettings, list[str]]:
     """The phone settings from an environment mapping, and every problem found."""
     problems: list[str] = []
-
-    def get(name: str, convert: Callable[[str], T], default: T) -> T:
-        raw = environ.get(name)
-        if raw is None or raw.strip() == "":
-            return default
-        try:
-            return convert(raw.strip())
-        except ValueError as exc:
-            problems.append(f"{name}: {exc}")
-            return default
+    get = setting_reader(environ, problems)
 
     d = PhoneSettings()
     values: dict[str, Any] = {

@@ -116,12 +116,7 @@ class TwilioDialect(Dialect):
         self._clear = '{"event":"clear","streamSid":' + sid + "}"
 
     def parse(self, text: str) -> protocol.ClientMessage | None:
-        try:
-            msg = orjson.loads(text)
-        except orjson.JSONDecodeError:
-            raise ProtocolError("message is not valid JSON", code=errors.ERR_BAD_JSON) from None
-        if not isinstance(msg, dict):
-            raise ProtocolError("message must be a JSON object", code=errors.ERR_BAD_MESSAGE)
+        msg = protocol.json_object(text)
         event = msg.get("event")
         body = msg.get(event) if isinstance(event, str) else None
         if event == "media":
