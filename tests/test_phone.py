@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestClient
 
 from tests.conftest import MakeClient, StartEmulator, relay_settings
 from tests.speech import make_speech_pcm, tools_available
+from voicebridge.app import STATE
 from voicebridge.emulator import RunningEmulator
 from voicebridge.loadtest.phone import AcsCall, CallFailed, TwilioCall
 from voicebridge.loadtest.phone_audio import AudioFormat, PhoneAudio
@@ -372,3 +373,52 @@ async def test_a_phone_call_has_its_own_instructions_and_survives_a_lost_upstrea
 async def _reconnected(client: TestClient[Any, Any]) -> bool:
     sessions = await _sessions(client)
     return bool(sessions) and sessions[0]["metrics"]["upstream"]["reconnects"] == 1
+
+
+async def test_a_twilio_call_moves_to_a_new_stream_when_its_instance_drains(
+    start_emu: StartEmulator, make_client: MakeClient
+) -> None:
+    """The stream's instance restarts: its session finishes and closes 1001, Twilio asks the
+    <Connect action> what next, and the call goes on over a new stream whose session starts
+    with the conversation so far; the caller talks on and is answered."""
+    emu, client = await _phone_app(start_emu, make_client)
+    call = TwilioCall(_base(client), AUTH)
+    try:
+        await call.start()
+        said = await call.speak(_speech(call.fmt, "Hello, my name is Sam."))
+        assert await call.wait_first_audio(said, within_s=10)
+        assert await call.wait_quiet(gap_ms=400, within_s=20)
+        [session] = client.app[STATE].sessions.values()
+        await session.drain(2.0)
+        assert session.end is not None and session.end.reason == "shutdown"
+        assert await call.wait_for(lambda: call.streams == 2, within_s=10)
+        await _until(lambda: _has_sessions(client, 1))
+        [moved] = await _sessions(client)
+        assert moved["session_id"] != session.id and moved["metrics"]["channel"] == "twilio"
+        # The new connection was given the conversation: the caller's turn and the answer.
+        roles = [item.get("role") for item in emu.conversation()]
+        assert roles[:2] == ["user", "assistant"], emu.conversation()
+        said = await call.speak(_speech(call.fmt, "Are you still there?"))
+        assert await call.wait_first_audio(said, within_s=10)
+        assert not call.closed and call.metrics().unexpected == 0
+    finally:
+        await call.hangup()
+
+
+async def test_a_twilio_call_an_operator_ends_is_hung_up(
+    start_emu: StartEmulator, make_client: MakeClient
+) -> None:
+    """Ended on purpose (here by an operator): Twilio's question after the stream is
+    answered with <Hangup/>, not a new stream."""
+    _emu, client = await _phone_app(start_emu, make_client)
+    call = TwilioCall(_base(client), AUTH)
+    try:
+        await call.start()
+        await _until(lambda: _has_sessions(client, 1))
+        [session] = await _sessions(client)
+        resp = await client.delete(f"/sessions/{session['session_id']}")
+        assert resp.status == 202
+        assert await call.wait_closed(within_s=10)
+        assert call.hung_up_by_twiml and call.streams == 1
+    finally:
+        await call.hangup()

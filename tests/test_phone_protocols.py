@@ -11,7 +11,7 @@ import pytest
 from voicebridge import protocol
 from voicebridge.audio_format import PCM16_24K, ULAW_8K, AudioFormat
 from voicebridge.errors import ProtocolError
-from voicebridge.phone import acs, signature, tokens, twilio
+from voicebridge.phone import acs, handoff, signature, tokens, twilio
 from voicebridge.phone.callers import mask_number
 from voicebridge.relay.dtmf import DtmfBuffer
 from voicebridge.relay.turns import ResponseTrack, TurnTracker
@@ -177,9 +177,7 @@ def test_agent_audio_goes_to_twilio_in_20ms_media_then_a_mark() -> None:
     frames = [orjson.loads(f) for f in d.audio_frames(track, bytes(range(200)) * 2)]  # 50 ms
     media = [f for f in frames if f["event"] == "media"]
     assert [len(base64.b64decode(f["media"]["payload"])) for f in media] == [160, 160, 80]
-    assert b"".join(base64.b64decode(f["media"]["payload"]) for f in media) == bytes(
-        range(200)
-    ) * 2
+    assert b"".join(base64.b64decode(f["media"]["payload"]) for f in media) == bytes(range(200)) * 2
     assert all(f["streamSid"] == "MZ123" for f in frames)
     assert frames[-1] == {"event": "mark", "streamSid": "MZ123", "mark": {"name": "resp_1:150"}}
     assert orjson.loads(d.clear()) == {"event": "clear", "streamSid": "MZ123"}
@@ -282,3 +280,44 @@ def test_audio_formats() -> None:
     assert "input_audio_sampling_rate" not in PCM16_24K.session_fields()
     with pytest.raises(ValueError, match="8000"):
         AudioFormat("g711_ulaw", 16000)
+
+
+# -- a call moved to a new stream -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("saved", "moves"),
+    [
+        ({"reason": "shutdown", "items": [{"type": "message"}], "moves": 0}, 1),
+        ({"reason": "cancelled", "items": [], "moves": 2}, 3),
+        (None, 1),  # the stream ended with no session to say why (a crashed instance)
+    ],
+)
+def test_a_call_whose_stream_ended_with_its_instance_moves(
+    saved: dict[str, object] | None, moves: int
+) -> None:
+    moved = handoff.decide(saved)
+    assert moved is not None and moved["moves"] == moves
+    assert moved["items"] == (saved or {}).get("items", [])
+    assert moved["reason"] == "unknown"  # until the next stream's session says
+
+
+@pytest.mark.parametrize(
+    "saved",
+    [
+        {"reason": "caller_hung_up", "items": [], "moves": 0},
+        {"reason": "agent_ended", "items": [], "moves": 0},
+        {"reason": "ended_by_admin", "items": [], "moves": 0},
+        {"reason": "max_duration", "items": [], "moves": 0},
+        {"reason": "shutdown", "items": [], "moves": handoff.MAX_MOVES},  # no endless loop
+        {"reason": "unknown", "moves": "many"},
+    ],
+)
+def test_a_call_ended_on_purpose_or_moved_too_often_hangs_up(saved: dict[str, object]) -> None:
+    assert handoff.decide(saved) is None
+
+
+def test_carried_items_keep_only_items() -> None:
+    assert handoff.carried_items(None) == ([], 0)
+    saved = {"items": [{"type": "message"}, "junk", 5], "moves": 2}
+    assert handoff.carried_items(saved) == ([{"type": "message"}], 2)

@@ -460,6 +460,30 @@ async def test_a_failing_snapshot_source_is_logged_once(
 # Redis only ----------------------------------------------------------------------------
 
 
+async def test_handoffs_are_kept_read_removed_and_expire(registry: SessionRegistry) -> None:
+    """A call's handoff: read as saved, gone once read with ``remove``, gone after its TTL."""
+    data = {"reason": "shutdown", "items": [{"type": "message", "role": "user"}], "moves": 1}
+    await registry.save_handoff("twilio:CA1", data, ttl_s=30)
+    assert await registry.load_handoff("twilio:CA1") == data
+    assert await registry.load_handoff("twilio:CA1", remove=True) == data
+    assert await registry.load_handoff("twilio:CA1") is None
+    assert await registry.load_handoff("twilio:unknown") is None
+    await registry.save_handoff("twilio:CA2", data, ttl_s=0.05)
+    async with asyncio.timeout(5):
+        while await registry.load_handoff("twilio:CA2") is not None:
+            await asyncio.sleep(0.02)
+
+
+async def test_a_handoff_saved_by_one_instance_is_read_by_another(make_redis: MakeRedis) -> None:
+    """A Twilio call moved off a restarting instance lands on another: it reads the call's
+    conversation from Redis."""
+    a = await make_redis(instance_id="a")
+    b = await make_redis(instance_id="b")
+    await a.save_handoff("twilio:CA9", {"reason": "shutdown", "moves": 0}, ttl_s=30)
+    assert await b.load_handoff("twilio:CA9", remove=True) == {"reason": "shutdown", "moves": 0}
+    assert await a.load_handoff("twilio:CA9") is None
+
+
 async def test_instances_share_one_view(make_redis: MakeRedis) -> None:
     """Two instances see each other's sessions, updates included."""
     a = await make_redis(instance_id="a")

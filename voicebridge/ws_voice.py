@@ -11,7 +11,9 @@ channels (:mod:`voicebridge.phone.routes`), which check access their own way.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiohttp import web
@@ -23,6 +25,9 @@ from voicebridge.ops import json_error
 from voicebridge.registry import SessionRecord
 from voicebridge.relay.dialect import Dialect
 from voicebridge.state import STATE
+
+if TYPE_CHECKING:
+    from voicebridge.relay import Session
 
 log = structlog.get_logger(__name__)
 
@@ -82,6 +87,8 @@ async def serve_session(
     instructions_file: Path | None = None,
     metadata: dict[str, str] | None = None,
     limit: int | None = None,
+    carried: list[dict[str, Any]] | None = None,
+    on_end: Callable[[Session], Awaitable[None]] | None = None,
 ) -> web.WebSocketResponse:
     """Count the session against its client's limit (``MAX_SESSIONS_PER_CLIENT`` unless
     ``limit`` says), then relay (upgrading ``ws`` if it is not yet); released however it
@@ -106,7 +113,15 @@ async def serve_session(
     # Counted before the upgrade is awaited, so concurrent upgrades cannot all slip in.
     state.client_sessions[client] = held + 1
     try:
-        return await _relay(request, ws, dialect, instructions_file, metadata or {})
+        return await _relay(
+            request,
+            ws,
+            dialect=dialect,
+            instructions_file=instructions_file,
+            metadata=metadata or {},
+            carried=carried,
+            on_end=on_end,
+        )
     finally:
         left = state.client_sessions.pop(client, 1) - 1
         if left > 0:
@@ -126,9 +141,12 @@ async def _refuse(
 async def _relay(
     request: web.Request,
     ws: web.WebSocketResponse,
+    *,
     dialect: Dialect,
     instructions_file: Path | None,
     metadata: dict[str, str],
+    carried: list[dict[str, Any]] | None,
+    on_end: Callable[[Session], Awaitable[None]] | None,
 ) -> web.WebSocketResponse:
     """Upgrade, register against the cap, run the session, unregister."""
     state = request.app[STATE]
@@ -160,6 +178,7 @@ async def _relay(
         session_id=session_id,
         dialect=dialect,
         instructions_file=instructions_file,
+        carried=carried,
     )
     record = SessionRecord(
         session_id=session.id,
@@ -183,6 +202,11 @@ async def _relay(
     set_active(state.metrics, (x.dialect.name for x in state.sessions.values()))
     try:
         await session.run()
+        if on_end is not None:
+            try:
+                await on_end(session)
+            except Exception:
+                log.exception("ws.on_end_failed", session_id=session.id)
     finally:
         if session.end is not None and session.end.reason in UPSTREAM_FAILURES:
             state.upstream_failures += 1

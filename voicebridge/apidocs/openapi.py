@@ -558,6 +558,49 @@ def _paths() -> dict[str, Schema]:
                 },
             )
         },
+        "/twilio/voice/continue": {
+            "post": _op(
+                "twilioContinue",
+                "phone",
+                "Twilio's <Connect action>: what a call does once its stream has ended",
+                {
+                    "200": {
+                        "description": "A new `<Connect><Stream>` (with a fresh stream token) "
+                        "when the stream ended with its instance (a restart), carrying the "
+                        "conversation so far; `<Hangup/>` otherwise.",
+                        "content": {"text/xml": {"schema": {"type": "string"}}},
+                    },
+                    "400": _json(f"No CallSid (`{errors.ERR_BAD_MESSAGE}`).", _ref("Error")),
+                    "403": _json(
+                        "The request is not signed by Twilio with TWILIO_AUTH_TOKEN "
+                        f"(`{errors.ERR_UNAUTHORIZED}`).",
+                        _ref("Error"),
+                    ),
+                    "503": _json(
+                        f"TWILIO_AUTH_TOKEN is not set (`{errors.ERR_PHONE_OFF}`).",
+                        _ref("Error"),
+                    ),
+                },
+                description="Named by the TwiML of /twilio/voice; Twilio requests it when "
+                "the stream ends. Answered while draining too.",
+                security=[{"twilioSignature": []}],
+                requestBody={
+                    "required": True,
+                    "content": {
+                        "application/x-www-form-urlencoded": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["CallSid"],
+                                "properties": {
+                                    "CallSid": {"type": "string", "maxLength": 64},
+                                    "CallStatus": {"type": "string"},
+                                },
+                            }
+                        }
+                    },
+                },
+            )
+        },
         "/acs/incoming": {
             "post": _op(
                 "acsIncoming",

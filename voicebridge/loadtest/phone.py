@@ -69,17 +69,25 @@ ACCOUNT_SID = "AC" + "0" * 32
 
 def parse_twiml(text: str) -> tuple[str, dict[str, str]]:
     """The ``<Connect><Stream>`` URL of a TwiML answer and its ``<Parameter>``s."""
+    url, params, _action = parse_connect(text)
+    return url, params
+
+
+def parse_connect(text: str) -> tuple[str, dict[str, str], str | None]:
+    """``parse_twiml`` and the ``<Connect action>`` URL, if any."""
     try:
         root = ET.fromstring(text)
     except ET.ParseError as exc:
         raise CallFailed(f"the webhook's answer is not XML: {exc}") from None
+    connect = root.find("./Connect")
     stream = root.find("./Connect/Stream")
     if root.tag != "Response" or stream is None or not stream.get("url"):
         raise CallFailed("the webhook's TwiML has no <Connect><Stream url=...>")
     params = {
         p.get("name", ""): p.get("value", "") for p in stream.findall("Parameter") if p.get("name")
     }
-    return str(stream.get("url")), params
+    action = connect.get("action") if connect is not None else None
+    return str(stream.get("url")), params, action
 
 
 class TwilioCall(PhoneCall):
@@ -106,6 +114,9 @@ class TwilioCall(PhoneCall):
         self.webhook_url = str(self.base.with_scheme("http").with_path(webhook_path))
         self.stream_url = ""
         self.custom_parameters: dict[str, str] = {}
+        self.action_url: str | None = None  # <Connect action>: asked what next after a stream
+        self.streams = 0  # streams this call has had (more than one: it was moved)
+        self.hung_up_by_twiml = False
         self.seq = 0
         self._stream_sid_json = orjson.dumps(self.stream_sid).decode()
 
@@ -130,12 +141,47 @@ class TwilioCall(PhoneCall):
             body = await resp.text()
             if resp.status != 200:
                 raise CallFailed(f"webhook answered {resp.status}: {body[:200]}")
-        self.stream_url, self.custom_parameters = parse_twiml(body)
+        self.stream_url, self.custom_parameters, self.action_url = parse_connect(body)
         check_loopback(self.stream_url)
+        self.streams += 1
         try:
             return await self.session.ws_connect(self.stream_url, autoping=True)
         except aiohttp.WSServerHandshakeError as exc:
             raise CallFailed(f"stream handshake refused: {exc.status}") from None
+
+    async def _next_stream(self) -> bool:
+        """As Twilio does when a stream ends under ``<Connect action>``: POST the action URL
+        (signed) and follow its TwiML, a new stream (the call goes on) or ``<Hangup/>``."""
+        if not self.action_url:
+            return False
+        check_loopback(str(URL(self.action_url).with_scheme("ws")))
+        params = {**self.webhook_params(), "CallStatus": "in-progress"}
+        sig = signature.compute(self.auth_token, self.action_url, params.items())
+        try:
+            async with self.session.post(
+                self.action_url, data=params, headers={"X-Twilio-Signature": sig}
+            ) as resp:
+                body = await resp.text()
+                if resp.status != 200:
+                    return False
+        except aiohttp.ClientError:
+            return False
+        try:
+            url, parameters, action = parse_connect(body)
+        except CallFailed:
+            self.hung_up_by_twiml = "<Hangup" in body
+            return False
+        check_loopback(url)
+        self.stream_url, self.custom_parameters, self.action_url = url, parameters, action
+        self.stream_sid = "MZ" + uuid.uuid4().hex
+        self._stream_sid_json = orjson.dumps(self.stream_sid).decode()
+        try:
+            self.ws = await self.session.ws_connect(url, autoping=True)
+        except aiohttp.ClientError:
+            return False
+        self.streams += 1
+        await self._open()
+        return True
 
     def _next_seq(self) -> str:
         self.seq += 1

@@ -258,8 +258,10 @@ class PhoneCall:
 
     async def _tick(self, k: int, now: int) -> bool:
         ws = self.ws
-        if self.hanging_up or self.closed or ws is None or ws.closed:
+        if self.hanging_up or self.closed:
             return False
+        if ws is None or ws.closed:
+            return True  # between two streams of the call: nothing carries audio now
         utterance = self.current
         if utterance is None and self.queue:
             utterance = self.current = self.queue.pop(0)
@@ -293,20 +295,13 @@ class PhoneCall:
         ws = self.ws
         assert ws is not None
         try:
-            async for msg in ws:
-                if msg.type == aiohttp.WSMsgType.TEXT:
-                    try:
-                        event = orjson.loads(msg.data)
-                    except orjson.JSONDecodeError:
-                        self.unexpected += 1
-                        continue
-                    if isinstance(event, dict):
-                        await self._on_event(event, self.clock.now())
-                    else:
-                        self.unexpected += 1
-                else:
-                    self.unexpected += 1
-                self._notify()
+            while True:
+                await self._read_stream(ws)
+                self.close_code = ws.close_code
+                if self.hanging_up or not await self._next_stream():
+                    break
+                assert self.ws is not None
+                ws = self.ws
         finally:
             self.close_code = ws.close_code
             self.closed = True
@@ -315,6 +310,27 @@ class PhoneCall:
                     utterance.sent.cancel()
             if self.current is not None and not self.current.sent.done():
                 self.current.sent.cancel()
+            self._notify()
+
+    async def _next_stream(self) -> bool:
+        """When a stream ends: whether the call goes on over a new one (now ``self.ws``).
+        Twilio asks a ``<Connect action>`` URL; by default the call is over."""
+        return False
+
+    async def _read_stream(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        async for msg in ws:
+            if msg.type == aiohttp.WSMsgType.TEXT:
+                try:
+                    event = orjson.loads(msg.data)
+                except orjson.JSONDecodeError:
+                    self.unexpected += 1
+                    continue
+                if isinstance(event, dict):
+                    await self._on_event(event, self.clock.now())
+                else:
+                    self.unexpected += 1
+            else:
+                self.unexpected += 1
             self._notify()
 
     async def _on_event(self, event: dict[str, Any], now: int) -> None:

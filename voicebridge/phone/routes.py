@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import secrets
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import orjson
@@ -33,11 +33,14 @@ from aiohttp import web
 from voicebridge import errors, protocol
 from voicebridge.errors import ProtocolError
 from voicebridge.ops import json_error
-from voicebridge.phone import acs, acs_answer, signature, tokens, twilio
+from voicebridge.phone import acs, acs_answer, handoff, signature, tokens, twilio
 from voicebridge.phone.callers import mask_number
 from voicebridge.phone.settings import PhoneSettings
 from voicebridge.state import STATE
 from voicebridge.ws_voice import serve_session, websocket
+
+if TYPE_CHECKING:
+    from voicebridge.relay import Session
 
 log = structlog.get_logger(__name__)
 
@@ -55,6 +58,7 @@ def add_routes(app: web.Application) -> None:
         phone.token_secret.encode() if phone.token_secret else secrets.token_bytes(32)
     )
     app.router.add_post("/twilio/voice", twilio_voice)
+    app.router.add_post("/twilio/voice/continue", twilio_continue)
     app.router.add_get("/ws/twilio", twilio_stream)
     app.router.add_get("/ws/acs", acs_stream)
     if phone.acs_answer_enabled:
@@ -70,17 +74,50 @@ def add_routes(app: web.Application) -> None:
 async def twilio_voice(request: web.Request) -> web.Response:
     """Twilio's voice webhook: TwiML connecting the call to ``/ws/twilio``."""
     state = request.app[STATE]
+    _twilio_on(state.settings.phone)
+    refusal = state.refuse_calls()
+    if refusal is not None:
+        # Twilio tries the number's fallback URL (another instance) on a 5xx.
+        raise refusal
+    form, call_sid = await _signed_form(request)
+    caller = str(form.get("From", ""))
+    log.info("twilio.call", call_sid=call_sid, caller=mask_number(caller) if caller else None)
+    return _connect(request, call_sid, caller, continued=False)
+
+
+async def twilio_continue(request: web.Request) -> web.Response:
+    """Twilio asks what next once a stream has ended (``<Connect action>``): a new stream
+    with the conversation so far when the old one ended with its instance, else hang up
+    (:mod:`voicebridge.phone.handoff`). Answered while draining too: the new stream goes to
+    PUBLIC_URL, which the load balancer routes to a running instance."""
+    state = request.app[STATE]
     phone = state.settings.phone
+    _twilio_on(phone)
+    form, call_sid = await _signed_form(request)
+    saved = await state.registry.load_handoff(handoff.key(call_sid))
+    moved = handoff.decide(saved)
+    ended = (saved or {}).get("reason", "unknown")
+    if moved is None:
+        log.info("twilio.call_over", call_sid=call_sid, reason=ended)
+        return web.Response(text=twilio.HANGUP, content_type="text/xml")
+    await state.registry.save_handoff(handoff.key(call_sid), moved, ttl_s=phone.token_ttl_s)
+    log.info("twilio.call_moved", call_sid=call_sid, reason=ended, moves=moved["moves"])
+    return _connect(request, call_sid, str(form.get("From", "")), continued=True)
+
+
+def _twilio_on(phone: PhoneSettings) -> None:
     if not phone.twilio_enabled:
         raise json_error(
             web.HTTPServiceUnavailable,
             "Twilio calls are off: set TWILIO_AUTH_TOKEN to the account's auth token",
             errors.ERR_PHONE_OFF,
         )
-    refusal = state.refuse_calls()
-    if refusal is not None:
-        # Twilio tries the number's fallback URL (another instance) on a 5xx.
-        raise refusal
+
+
+async def _signed_form(request: web.Request) -> tuple[Any, str]:
+    """The POSTed form, once its X-Twilio-Signature checks out (403 otherwise), and its
+    CallSid (400 without one)."""
+    phone = request.app[STATE].settings.phone
     form = await request.post()
     params = [(k, v) for k, v in form.items() if isinstance(v, str)]
     url = _public(request, phone) + request.path_qs if phone.public_url else str(request.url)
@@ -95,16 +132,24 @@ async def twilio_voice(request: web.Request) -> web.Response:
     call_sid = str(form.get("CallSid", ""))
     if not call_sid or len(call_sid) > 64 or "|" in call_sid:
         raise json_error(web.HTTPBadRequest, "CallSid is missing", errors.ERR_BAD_MESSAGE)
+    return form, call_sid
+
+
+def _connect(request: web.Request, call_sid: str, caller: str, *, continued: bool) -> web.Response:
+    """TwiML for a stream of this call with a fresh token; Twilio asks what next after it."""
+    phone = request.app[STATE].settings.phone
     token = tokens.mint(
         request.app[TOKEN_SECRET], channel="twilio", subject=call_sid, ttl_s=phone.token_ttl_s
     )
     parameters = {twilio.TOKEN_PARAMETER: token}
-    caller = str(form.get("From", ""))
     if caller:
         parameters["from"] = caller[:64]
-    stream_url = _public(request, phone).replace("http", "ws", 1) + "/ws/twilio"
-    log.info("twilio.call", call_sid=call_sid, caller=mask_number(caller) if caller else None)
-    return web.Response(text=twilio.twiml(stream_url, parameters), content_type="text/xml")
+    if continued:
+        parameters[handoff.CONTINUED_PARAMETER] = "1"
+    public = _public(request, phone)
+    stream_url = public.replace("http", "ws", 1) + "/ws/twilio"
+    body = twilio.twiml(stream_url, parameters, action=public + "/twilio/voice/continue")
+    return web.Response(text=body, content_type="text/xml")
 
 
 async def twilio_stream(request: web.Request) -> web.StreamResponse:
@@ -128,7 +173,26 @@ async def twilio_stream(request: web.Request) -> web.StreamResponse:
     except (ProtocolError, tokens.BadToken) as exc:
         return await _reject(ws, request, "twilio", str(exc))
     dialect = twilio.TwilioDialect(start, caller_number=start.parameters.get("from", ""))
-    log.info("twilio.stream", call_sid=start.call_sid, stream_sid=start.stream_sid)
+    carried: list[dict[str, Any]] = []
+    moves = 0
+    if start.parameters.get(handoff.CONTINUED_PARAMETER):
+        saved = await state.registry.load_handoff(handoff.key(start.call_sid), remove=True)
+        carried, moves = handoff.carried_items(saved)
+    log.info(
+        "twilio.stream",
+        call_sid=start.call_sid,
+        stream_sid=start.stream_sid,
+        carried_items=len(carried),
+    )
+
+    async def keep_handoff(session: Session) -> None:
+        # How this stream's session ended and its conversation, for what Twilio asks next.
+        await state.registry.save_handoff(
+            handoff.key(start.call_sid),
+            handoff.record(session, moves),
+            ttl_s=s.phone.token_ttl_s,
+        )
+
     return await serve_session(
         request,
         ws,
@@ -138,6 +202,8 @@ async def twilio_stream(request: web.Request) -> web.StreamResponse:
         dialect=dialect,
         instructions_file=s.phone.instructions_file,
         metadata={"call_sid": start.call_sid, **_caller(start.parameters.get("from", ""))},
+        carried=carried,
+        on_end=keep_handoff,
     )
 
 

@@ -84,17 +84,22 @@ def parse_start(message: Any) -> StreamStart:
     )
 
 
-def twiml(stream_url: str, parameters: dict[str, str]) -> str:
-    """The TwiML that connects a call to a bidirectional stream (``<Connect><Stream>``)."""
+def twiml(stream_url: str, parameters: dict[str, str], action: str | None = None) -> str:
+    """The TwiML that connects a call to a bidirectional stream (``<Connect><Stream>``);
+    with ``action``, Twilio asks that URL what to do once the stream ends."""
     params = "".join(
         f"<Parameter name={quoteattr(name)} value={quoteattr(value)}/>"
         for name, value in parameters.items()
     )
+    connect = "<Connect>" if action is None else f"<Connect action={quoteattr(action)}>"
     return (
         '<?xml version="1.0" encoding="UTF-8"?>'
-        f"<Response><Connect><Stream url={quoteattr(stream_url)}>{params}</Stream>"
+        f"<Response>{connect}<Stream url={quoteattr(stream_url)}>{params}</Stream>"
         "</Connect></Response>"
     )
+
+
+HANGUP: Final = '<?xml version="1.0" encoding="UTF-8"?><Response><Hangup/></Response>'
 
 
 class TwilioDialect(Dialect):

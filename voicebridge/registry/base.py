@@ -133,6 +133,14 @@ class SessionRegistry(Protocol):
     def healthy(self) -> bool:
         """Whether the backend is reachable."""
 
+    async def save_handoff(self, key: str, data: Mapping[str, Any], *, ttl_s: float) -> None:
+        """Keep what a call's next session needs (how the last one ended, the conversation)
+        for ``ttl_s`` seconds, where any instance can read it: a phone call moved to a new
+        stream may land on another instance."""
+
+    async def load_handoff(self, key: str, *, remove: bool = False) -> dict[str, Any] | None:
+        """A handoff saved and not yet expired (and, with ``remove``, forget it); None."""
+
 
 def default_instance_id() -> str:
     """`host-pid-random`: unique per process, readable in `/sessions` and logs."""

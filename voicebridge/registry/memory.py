@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,6 +21,25 @@ from voicebridge.registry.base import (
 
 
 @attrs.define
+class LocalHandoffs:
+    """Handoffs in a dict, each until its expiry (expired ones go as new ones come)."""
+
+    _items: dict[str, tuple[float, dict[str, Any]]] = attrs.field(factory=dict)
+
+    def save(self, key: str, data: Mapping[str, Any], ttl_s: float) -> None:
+        now = time.monotonic()
+        for old in [k for k, (until, _) in self._items.items() if until <= now]:
+            del self._items[old]
+        self._items[key] = (now + ttl_s, dict(data))
+
+    def load(self, key: str, *, remove: bool = False) -> dict[str, Any] | None:
+        entry = self._items.pop(key, None) if remove else self._items.get(key)
+        if entry is None or entry[0] <= time.monotonic():
+            return None
+        return dict(entry[1])
+
+
+@attrs.define
 class MemoryRegistry:
     """Sessions in a dict. Every call is synchronous underneath, so the cap check and the
     insert in `register` cannot interleave with another coroutine's. With a snapshot
@@ -30,6 +50,7 @@ class MemoryRegistry:
     _ends: EndDispatcher = attrs.field(init=False)
     _snapshot_source: SnapshotSource | None = attrs.field(default=None, init=False)
     _limited: LimitedLog = attrs.field(factory=LimitedLog, init=False)
+    _handoffs: LocalHandoffs = attrs.field(factory=LocalHandoffs, init=False)
 
     @_ends.default
     def _make_dispatcher(self) -> EndDispatcher:
@@ -97,3 +118,9 @@ class MemoryRegistry:
     def healthy(self) -> bool:
         """Always reachable."""
         return True
+
+    async def save_handoff(self, key: str, data: Mapping[str, Any], *, ttl_s: float) -> None:
+        self._handoffs.save(key, data, ttl_s)
+
+    async def load_handoff(self, key: str, *, remove: bool = False) -> dict[str, Any] | None:
+        return self._handoffs.load(key, remove=remove)

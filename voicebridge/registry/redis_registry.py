@@ -91,6 +91,7 @@ from voicebridge.registry.base import (
     default_instance_id,
     pull_snapshots,
 )
+from voicebridge.registry.memory import LocalHandoffs
 
 log = structlog.get_logger(__name__)
 
@@ -198,6 +199,8 @@ class RedisRegistry:
     # The password redis-py sends, scrubbed from any message that reaches a log line.
     _password: str | None = attrs.field(default=None, init=False, repr=False)
     _local: dict[str, SessionRecord] = attrs.field(factory=dict, init=False)
+    # Handoffs kept here while Redis is down (then only this instance can read them).
+    _local_handoffs: LocalHandoffs = attrs.field(factory=LocalHandoffs, init=False)
     # Sessions removed locally whose Redis entries could not be deleted (Redis was down);
     # deleted by the first heartbeat that reaches Redis again. A dict for its order: on
     # overflow the oldest is dropped.
@@ -256,6 +259,9 @@ class RedisRegistry:
 
     def _skey(self, session_id: str) -> str:
         return f"{self.prefix}session:{session_id}"
+
+    def _hkey(self, key: str) -> str:
+        return f"{self.prefix}handoff:{key}"
 
     def _channel(self, instance_id: str) -> str:
         return f"{self.prefix}instance:{instance_id}"
@@ -531,6 +537,34 @@ class RedisRegistry:
         async with self._fail_open("get"):
             return self._decode(await redis.get(self._skey(session_id)))
         return None
+
+    async def save_handoff(self, key: str, data: Mapping[str, Any], *, ttl_s: float) -> None:
+        """Keep ``data`` in Redis for ``ttl_s`` seconds (fail-open: with Redis down it is
+        kept on this instance only, where a call moved to a new stream may not land)."""
+        redis = self._live_client()
+        if redis is not None:
+            async with self._fail_open("save_handoff") as write:
+                await redis.set(
+                    self._hkey(key),
+                    json.dumps(dict(data), separators=(",", ":")),
+                    px=int(ttl_s * 1000),
+                )
+            if write.ok:
+                return
+        self._local_handoffs.save(key, data, ttl_s)
+
+    async def load_handoff(self, key: str, *, remove: bool = False) -> dict[str, Any] | None:
+        """A handoff saved by any instance (with ``remove``: read and deleted at once)."""
+        redis = self._live_client()
+        if redis is not None:
+            raw = None
+            async with self._fail_open("load_handoff") as read:
+                hkey = self._hkey(key)
+                raw = await (redis.getdel(hkey) if remove else redis.get(hkey))
+            if read.ok and raw is not None:
+                data = json.loads(raw)
+                return data if isinstance(data, dict) else None
+        return self._local_handoffs.load(key, remove=remove)
 
     async def count(self) -> int:
         """Live sessions on every instance (this instance's alone while Redis is down)."""

@@ -108,6 +108,7 @@ class Session(ContinuityMixin):
         session_id: str | None = None,
         dialect: Dialect | None = None,
         instructions_file: Path | None = None,
+        carried: list[dict[str, Any]] | None = None,
     ) -> None:
         self.id = session_id or uuid.uuid4().hex
         self.dialect = dialect if dialect is not None else Dialect()
@@ -142,6 +143,9 @@ class Session(ContinuityMixin):
         self._turn_over.set()
         self._link = UpstreamLink(settings.reconnect_hold_audio_ms * bytes_per_ms)
         self._record = ConversationRecord(settings.conversation_max_chars)
+        # The conversation of the call's previous session (a phone call moved to a new
+        # stream), given to every connection before this session's own.
+        self._carried = list(carried or ())
         self._session_config: dict[str, Any] = {}
         self._switching = asyncio.Lock()  # one reconnect or rotation at a time
         self._expires_at: float | None = None  # unix time the current connection ends
@@ -281,6 +285,11 @@ class Session(ContinuityMixin):
                 async with asyncio.timeout(_CLOSE_TIMEOUT_S):
                     await self.done.wait()
 
+    def conversation_items(self) -> list[dict[str, Any]]:
+        """The conversation so far as items a new connection is given (the carried part
+        first): what a call's next session needs to go on where this one stopped."""
+        return [*self._carried, *self._record.items()]
+
     def snapshot(self) -> dict[str, Any]:
         """The session's metrics now, as `/sessions` shows them."""
         return self.stats.as_dict()
@@ -391,7 +400,7 @@ class Session(ContinuityMixin):
                     "session": self._session_config,
                 }
             )
-            for item in self._record.items():
+            for item in self.conversation_items():
                 await upstream.send({"type": "conversation.item.create", "item": item})
         except BaseException:
             await asyncio.shield(upstream.close())
