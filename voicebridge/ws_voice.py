@@ -88,11 +88,12 @@ async def serve_session(
     metadata: dict[str, str] | None = None,
     limit: int | None = None,
     carried: list[dict[str, Any]] | None = None,
-    on_end: Callable[[Session], Awaitable[None]] | None = None,
+    before_close: Callable[[Session], Awaitable[None]] | None = None,
 ) -> web.WebSocketResponse:
     """Count the session against its client's limit (``MAX_SESSIONS_PER_CLIENT`` unless
     ``limit`` says), then relay (upgrading ``ws`` if it is not yet); released however it
-    ends."""
+    ends. ``carried``: the conversation of the call's previous session;
+    ``before_close``: run once the session's end is known, before the client is told."""
     state = request.app[STATE]
     s = state.settings
     held = state.client_sessions.get(client, 0)
@@ -120,7 +121,7 @@ async def serve_session(
             instructions_file=instructions_file,
             metadata=metadata or {},
             carried=carried,
-            on_end=on_end,
+            before_close=before_close,
         )
     finally:
         left = state.client_sessions.pop(client, 1) - 1
@@ -146,7 +147,7 @@ async def _relay(
     instructions_file: Path | None,
     metadata: dict[str, str],
     carried: list[dict[str, Any]] | None,
-    on_end: Callable[[Session], Awaitable[None]] | None,
+    before_close: Callable[[Session], Awaitable[None]] | None,
 ) -> web.WebSocketResponse:
     """Upgrade, register against the cap, run the session, unregister."""
     state = request.app[STATE]
@@ -179,6 +180,7 @@ async def _relay(
         dialect=dialect,
         instructions_file=instructions_file,
         carried=carried,
+        before_close=before_close,
     )
     record = SessionRecord(
         session_id=session.id,
@@ -202,11 +204,6 @@ async def _relay(
     set_active(state.metrics, (x.dialect.name for x in state.sessions.values()))
     try:
         await session.run()
-        if on_end is not None:
-            try:
-                await on_end(session)
-            except Exception:
-                log.exception("ws.on_end_failed", session_id=session.id)
     finally:
         if session.end is not None and session.end.reason in UPSTREAM_FAILURES:
             state.upstream_failures += 1

@@ -203,7 +203,7 @@ async def twilio_stream(request: web.Request) -> web.StreamResponse:
         instructions_file=s.phone.instructions_file,
         metadata={"call_sid": start.call_sid, **_caller(start.parameters.get("from", ""))},
         carried=carried,
-        on_end=keep_handoff,
+        before_close=keep_handoff,
     )
 
 

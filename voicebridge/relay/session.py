@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -109,6 +109,7 @@ class Session(ContinuityMixin):
         dialect: Dialect | None = None,
         instructions_file: Path | None = None,
         carried: list[dict[str, Any]] | None = None,
+        before_close: Callable[[Session], Awaitable[None]] | None = None,
     ) -> None:
         self.id = session_id or uuid.uuid4().hex
         self.dialect = dialect if dialect is not None else Dialect()
@@ -146,6 +147,9 @@ class Session(ContinuityMixin):
         # The conversation of the call's previous session (a phone call moved to a new
         # stream), given to every connection before this session's own.
         self._carried = list(carried or ())
+        # Called once the session's end is known, before the client is told: what comes
+        # next for the call (a phone provider acts on the close at once) is settled first.
+        self._before_close = before_close
         self._session_config: dict[str, Any] = {}
         self._switching = asyncio.Lock()  # one reconnect or rotation at a time
         self._expires_at: float | None = None  # unix time the current connection ends
@@ -210,6 +214,7 @@ class Session(ContinuityMixin):
                 upstream = self._link.detach()
                 if upstream is not None:
                     await upstream.close()
+            await self._settle_end()
             await self._close_client()
         except asyncio.CancelledError:
             self._set_end(EndReason("cancelled", errors.CLOSE_GOING_AWAY))
@@ -234,6 +239,15 @@ class Session(ContinuityMixin):
                 **self.stats.as_dict(),
             )
             structlog.contextvars.unbind_contextvars("session_id")
+
+    async def _settle_end(self) -> None:
+        if self._before_close is None:
+            return
+        try:
+            async with asyncio.timeout(_CLOSE_TIMEOUT_S):
+                await self._before_close(self)
+        except Exception:
+            log.exception("session.before_close_failed")
 
     def request_end(
         self,
