@@ -423,3 +423,24 @@ async def test_a_twilio_call_an_operator_ends_is_hung_up(
         assert call.hung_up_by_twiml and call.streams == 1
     finally:
         await call.hangup()
+
+
+async def test_a_single_key_reaches_the_agent_after_the_gap(
+    start_emu: StartEmulator, make_client: MakeClient
+) -> None:
+    """One key and no '#' (a menu choice): it goes to the agent once DTMF_GAP_MS passes,
+    while the call's audio keeps flowing."""
+    emu, client = await _phone_app(start_emu, make_client)
+    call = TwilioCall(_base(client), AUTH)
+    try:
+        await call.start()
+        await _configured(emu)
+        before = emu.event_count("response.created")
+        await call.press("7")
+        async with asyncio.timeout(5):
+            while emu.event_count("response.created") == before:
+                await asyncio.sleep(0.01)
+        notes = [i for i in emu.conversation() if "keypad" in str(i.get("content"))]
+        assert len(notes) == 1 and "pressed 7 on" in orjson.dumps(notes[0]).decode()
+    finally:
+        await call.hangup()

@@ -13,7 +13,7 @@ from voicebridge.audio_format import PCM16_24K, ULAW_8K, AudioFormat
 from voicebridge.errors import ProtocolError
 from voicebridge.phone import acs, handoff, signature, tokens, twilio
 from voicebridge.phone.callers import mask_number
-from voicebridge.relay.dtmf import DtmfBuffer
+from voicebridge.relay.dtmf import MIN_WAIT_S, DtmfBuffer
 from voicebridge.relay.turns import ResponseTrack, TurnTracker
 
 # twilio-python, tests/unit/test_request_validator.py: Twilio's own published vectors.
@@ -250,6 +250,8 @@ def test_digits_go_together_after_a_gap_or_at_hash() -> None:
     assert keys.add("2", now=1.0) is None
     assert keys.take_due(now=2.4) is None
     assert keys.due_in(now=2.0) == pytest.approx(0.5)
+    # Overdue: still a positive wait (a receive timeout of 0 would wait forever).
+    assert keys.due_in(now=9.0) == MIN_WAIT_S > 0
     assert keys.take_due(now=2.5) == "12"
     assert keys.due_in(now=3.0) is None
     assert keys.add("4", now=3.0) is None
@@ -290,15 +292,16 @@ def test_audio_formats() -> None:
     [
         ({"reason": "shutdown", "items": [{"type": "message"}], "moves": 0}, 1),
         ({"reason": "cancelled", "items": [], "moves": 2}, 3),
-        (None, 1),  # the stream ended with no session to say why (a crashed instance)
+        # The stream ended with no session to say why (a crashed instance).
+        (handoff.started(), 1),
     ],
 )
 def test_a_call_whose_stream_ended_with_its_instance_moves(
-    saved: dict[str, object] | None, moves: int
+    saved: dict[str, object], moves: int
 ) -> None:
     moved = handoff.decide(saved)
     assert moved is not None and moved["moves"] == moves
-    assert moved["items"] == (saved or {}).get("items", [])
+    assert moved["items"] == saved["items"]
     assert moved["reason"] == "unknown"  # until the next stream's session says
 
 
@@ -311,9 +314,13 @@ def test_a_call_whose_stream_ended_with_its_instance_moves(
         {"reason": "max_duration", "items": [], "moves": 0},
         {"reason": "shutdown", "items": [], "moves": handoff.MAX_MOVES},  # no endless loop
         {"reason": "unknown", "moves": "many"},
+        handoff.refused(0),  # a stream refused at a cap: no loop of moves
+        None,  # no record at all (expired, or never written)
     ],
 )
-def test_a_call_ended_on_purpose_or_moved_too_often_hangs_up(saved: dict[str, object]) -> None:
+def test_a_call_ended_on_purpose_or_moved_too_often_hangs_up(
+    saved: dict[str, object] | None,
+) -> None:
     assert handoff.decide(saved) is None
 
 

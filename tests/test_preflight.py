@@ -67,6 +67,13 @@ async def test_a_good_upstream_is_configured_once_and_left(
     assert health["upstream"]["status"] == "ok"
 
 
+def test_a_degraded_instance_that_refuses_calls_needs_the_probe() -> None:
+    """With HEALTH_FAILS_WHEN_DEGRADED no call can prove the service back: the probe must."""
+    with pytest.raises(ConfigError, match="UPSTREAM_PROBE_S: must be more than 0"):
+        make_settings(HEALTH_FAILS_WHEN_DEGRADED="true", UPSTREAM_PROBE_S="0")
+    make_settings(HEALTH_FAILS_WHEN_DEGRADED="false", UPSTREAM_PROBE_S="0")
+
+
 def test_preflight_mode_is_checked() -> None:
     with pytest.raises(ConfigError, match="UPSTREAM_PREFLIGHT: must be one of off, warn, require"):
         make_settings(UPSTREAM_PREFLIGHT="sometimes")

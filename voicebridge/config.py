@@ -684,6 +684,11 @@ class _Loader:
             f"got {v['upstream_preflight']!r}",
         )
         c(v["upstream_probe_s"] >= 0, "UPSTREAM_PROBE_S: must be 0 (off) or more")
+        c(
+            v["upstream_probe_s"] > 0 or not v["health_fails_when_degraded"],
+            "UPSTREAM_PROBE_S: must be more than 0 with HEALTH_FAILS_WHEN_DEGRADED=true (a "
+            "degraded instance refuses calls, so only the probe can find the service back)",
+        )
         c(0.0 <= v["vad_threshold"] <= 1.0, "VAD_THRESHOLD: must be between 0 and 1")
         c(v["vad_prefix_padding_ms"] >= 0, "VAD_PREFIX_PADDING_MS: must be 0 or more")
         c(v["vad_silence_duration_ms"] > 0, "VAD_SILENCE_DURATION_MS: must be more than 0")

@@ -34,15 +34,29 @@ def key(call_sid: str) -> str:
     return f"twilio:{call_sid}"
 
 
+def started() -> dict[str, Any]:
+    """A call's first stream is starting: how it will end is not known yet."""
+    return {"reason": "unknown", "items": [], "moves": 0}
+
+
 def record(session: Session, moves: int) -> dict[str, Any]:
-    """What a call's next stream needs of the session that just ended."""
+    """What a call's next stream needs of the session that just ended: the conversation
+    only when the call moves (a call that ends leaves no transcript behind)."""
     reason = session.end.reason if session.end is not None else "unknown"
-    return {"reason": reason, "items": session.conversation_items(), "moves": moves}
+    items = session.conversation_items() if reason in MOVE_REASONS else []
+    return {"reason": reason, "items": items, "moves": moves}
+
+
+def refused(moves: int) -> dict[str, Any]:
+    """A stream whose session never ran (refused at a cap): the call is not moved again."""
+    return {"reason": "refused", "items": [], "moves": moves}
 
 
 def decide(saved: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The handoff to keep for the call's next stream, or None: hang up."""
-    saved = saved or {"reason": "unknown", "items": [], "moves": 0}
+    """The handoff to keep for the call's next stream, or None: hang up. No record at all
+    (none was ever written, or it expired) hangs up too: nothing says the call may go on."""
+    if saved is None:
+        return None
     moves = saved.get("moves")
     moves = moves if isinstance(moves, int) else MAX_MOVES
     if saved.get("reason") not in MOVE_REASONS or moves >= MAX_MOVES:

@@ -82,6 +82,11 @@ async def twilio_voice(request: web.Request) -> web.Response:
     form, call_sid = await _signed_form(request)
     caller = str(form.get("From", ""))
     log.info("twilio.call", call_sid=call_sid, caller=mask_number(caller) if caller else None)
+    # A stream starts: how it ends is unknown until its session says (an instance that
+    # dies with it never does, and the call is moved then).
+    await request.app[STATE].registry.save_handoff(
+        handoff.key(call_sid), handoff.started(), ttl_s=state.settings.phone.token_ttl_s
+    )
     return _connect(request, call_sid, caller, continued=False)
 
 
@@ -176,7 +181,9 @@ async def twilio_stream(request: web.Request) -> web.StreamResponse:
     carried: list[dict[str, Any]] = []
     moves = 0
     if start.parameters.get(handoff.CONTINUED_PARAMETER):
-        saved = await state.registry.load_handoff(handoff.key(start.call_sid), remove=True)
+        # Read, not taken: this stream's end overwrites it; until then it still says what
+        # the call was (a stream refused below must not reset the call's moves).
+        saved = await state.registry.load_handoff(handoff.key(start.call_sid))
         carried, moves = handoff.carried_items(saved)
     log.info(
         "twilio.stream",
@@ -185,26 +192,41 @@ async def twilio_stream(request: web.Request) -> web.StreamResponse:
         carried_items=len(carried),
     )
 
+    settled = False
+
     async def keep_handoff(session: Session) -> None:
         # How this stream's session ended and its conversation, for what Twilio asks next.
+        nonlocal settled
+        settled = True
         await state.registry.save_handoff(
             handoff.key(start.call_sid),
             handoff.record(session, moves),
             ttl_s=s.phone.token_ttl_s,
         )
 
-    return await serve_session(
-        request,
-        ws,
-        # One stream per call: a token replayed while its call is live finds it taken.
-        client=f"twilio:{start.call_sid}",
-        limit=1,
-        dialect=dialect,
-        instructions_file=s.phone.instructions_file,
-        metadata={"call_sid": start.call_sid, **_caller(start.parameters.get("from", ""))},
-        carried=carried,
-        before_close=keep_handoff,
-    )
+    try:
+        return await serve_session(
+            request,
+            ws,
+            # One stream per call here: a token replayed while its call is live is refused.
+            client=f"twilio:{start.call_sid}",
+            limit=1,
+            dialect=dialect,
+            instructions_file=s.phone.instructions_file,
+            metadata={"call_sid": start.call_sid, **_caller(start.parameters.get("from", ""))},
+            carried=carried,
+            before_close=keep_handoff,
+        )
+    finally:
+        if not settled:
+            # No session ran (refused at a cap): the call is not moved again.
+            await asyncio.shield(
+                state.registry.save_handoff(
+                    handoff.key(start.call_sid),
+                    handoff.refused(moves),
+                    ttl_s=s.phone.token_ttl_s,
+                )
+            )
 
 
 # -- ACS ------------------------------------------------------------------------------

@@ -12,6 +12,8 @@ from __future__ import annotations
 KEYS = frozenset("0123456789*#ABCD")
 #: Digits held at most; a caller (or a client) pressing more sends what is held at once.
 MAX_DIGITS = 32
+#: The shortest wait :meth:`DtmfBuffer.due_in` gives.
+MIN_WAIT_S = 0.001
 
 
 class DtmfBuffer:
@@ -31,8 +33,9 @@ class DtmfBuffer:
         return None
 
     def due_in(self, now: float) -> float | None:
-        """Seconds until the held digits are due; None when none are held."""
-        return None if self._due is None else max(0.0, self._due - now)
+        """Seconds until the held digits are due (a millisecond at least, as a receive
+        timeout of 0 would mean none); None when none are held."""
+        return None if self._due is None else max(MIN_WAIT_S, self._due - now)
 
     def take_due(self, now: float) -> str | None:
         """The held digits, once the gap after the last one has passed."""

@@ -218,6 +218,10 @@ class Session(ContinuityMixin):
             await self._close_client()
         except asyncio.CancelledError:
             self._set_end(EndReason("cancelled", errors.CLOSE_GOING_AWAY))
+            # What comes next for the call is settled even so (bounded; a second
+            # cancellation ends it).
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._settle_end()
             self.channel.abort()
             raise
         except Exception:
@@ -241,11 +245,12 @@ class Session(ContinuityMixin):
             structlog.contextvars.unbind_contextvars("session_id")
 
     async def _settle_end(self) -> None:
-        if self._before_close is None:
+        callback, self._before_close = self._before_close, None  # once
+        if callback is None:
             return
         try:
             async with asyncio.timeout(_CLOSE_TIMEOUT_S):
-                await self._before_close(self)
+                await callback(self)
         except Exception:
             log.exception("session.before_close_failed")
 
@@ -580,6 +585,10 @@ class Session(ContinuityMixin):
         role = self.settings.phone.dtmf_role
         log.info("session.dtmf", digits=len(digits), role=role)
         if role == "off":
+            return
+        if not self._text_bucket.take(1, time.monotonic()):
+            # Each batch of keys costs a model response, like a typed message.
+            self._limited.warning(log, "session.dtmf_rate_limited", digits=len(digits))
             return
         text = f"The caller pressed {' '.join(digits)} on their phone keypad."
         item = {"type": "message", "role": role, "content": [{"type": "input_text", "text": text}]}
