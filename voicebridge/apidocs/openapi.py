@@ -430,6 +430,47 @@ def _calls_query() -> list[Schema]:
     ]
 
 
+def _twilio_webhook(
+    op_id: str, summary: str, ok: str, description: str, *, unavailable: str, field: str
+) -> Schema:
+    """A POST Twilio makes, signed with X-Twilio-Signature, answered with TwiML."""
+    return _op(
+        op_id,
+        "phone",
+        summary,
+        {
+            "200": {
+                "description": ok,
+                "content": {"text/xml": {"schema": {"type": "string"}}},
+            },
+            "400": _json(f"No CallSid (`{errors.ERR_BAD_MESSAGE}`).", _ref("Error")),
+            "403": _json(
+                "The request is not signed by Twilio with TWILIO_AUTH_TOKEN "
+                f"(`{errors.ERR_UNAUTHORIZED}`).",
+                _ref("Error"),
+            ),
+            "503": _json(unavailable, _ref("Error")),
+        },
+        description=description,
+        security=[{"twilioSignature": []}],
+        requestBody={
+            "required": True,
+            "content": {
+                "application/x-www-form-urlencoded": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["CallSid"],
+                        "properties": {
+                            "CallSid": {"type": "string", "maxLength": 64},
+                            field: {"type": "string"},
+                        },
+                    }
+                }
+            },
+        },
+    )
+
+
 def _paths() -> dict[str, Schema]:
     html = {"text/html": {"schema": {"type": "string"}}}
     return {
@@ -516,89 +557,29 @@ def _paths() -> dict[str, Schema]:
             )
         },
         "/twilio/voice": {
-            "post": _op(
+            "post": _twilio_webhook(
                 "twilioVoice",
-                "phone",
                 "Twilio's voice webhook: TwiML connecting the call to /ws/twilio",
-                {
-                    "200": {
-                        "description": "`<Connect><Stream>` to `/ws/twilio`, with a "
-                        "per-call stream token as a `<Parameter>`.",
-                        "content": {"text/xml": {"schema": {"type": "string"}}},
-                    },
-                    "400": _json(f"No CallSid (`{errors.ERR_BAD_MESSAGE}`).", _ref("Error")),
-                    "403": _json(
-                        "The request is not signed by Twilio with TWILIO_AUTH_TOKEN "
-                        f"(`{errors.ERR_UNAUTHORIZED}`).",
-                        _ref("Error"),
-                    ),
-                    "503": _json(
-                        f"TWILIO_AUTH_TOKEN is not set (`{errors.ERR_PHONE_OFF}`), or the "
-                        f"server is shutting down (`{errors.ERR_SHUTDOWN}`).",
-                        _ref("Error"),
-                    ),
-                },
-                description="Set as the number's voice webhook. The signature is checked "
-                "against PUBLIC_URL when set (behind a proxy), else the request's URL.",
-                security=[{"twilioSignature": []}],
-                requestBody={
-                    "required": True,
-                    "content": {
-                        "application/x-www-form-urlencoded": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["CallSid"],
-                                "properties": {
-                                    "CallSid": {"type": "string", "maxLength": 64},
-                                    "From": {"type": "string"},
-                                },
-                            }
-                        }
-                    },
-                },
+                "`<Connect><Stream>` to `/ws/twilio`, with a per-call stream token as a "
+                "`<Parameter>`.",
+                "Set as the number's voice webhook. The signature is checked against "
+                "PUBLIC_URL when set (behind a proxy), else the request's URL.",
+                unavailable=f"TWILIO_AUTH_TOKEN is not set (`{errors.ERR_PHONE_OFF}`), or the "
+                f"server is shutting down (`{errors.ERR_SHUTDOWN}`).",
+                field="From",
             )
         },
         "/twilio/voice/continue": {
-            "post": _op(
+            "post": _twilio_webhook(
                 "twilioContinue",
-                "phone",
                 "Twilio's <Connect action>: what a call does once its stream has ended",
-                {
-                    "200": {
-                        "description": "A new `<Connect><Stream>` (with a fresh stream token) "
-                        "when the stream ended with its instance (a restart), carrying the "
-                        "conversation so far; `<Hangup/>` otherwise.",
-                        "content": {"text/xml": {"schema": {"type": "string"}}},
-                    },
-                    "400": _json(f"No CallSid (`{errors.ERR_BAD_MESSAGE}`).", _ref("Error")),
-                    "403": _json(
-                        "The request is not signed by Twilio with TWILIO_AUTH_TOKEN "
-                        f"(`{errors.ERR_UNAUTHORIZED}`).",
-                        _ref("Error"),
-                    ),
-                    "503": _json(
-                        f"TWILIO_AUTH_TOKEN is not set (`{errors.ERR_PHONE_OFF}`).",
-                        _ref("Error"),
-                    ),
-                },
-                description="Named by the TwiML of /twilio/voice; Twilio requests it when "
-                "the stream ends. Answered while draining too.",
-                security=[{"twilioSignature": []}],
-                requestBody={
-                    "required": True,
-                    "content": {
-                        "application/x-www-form-urlencoded": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["CallSid"],
-                                "properties": {
-                                    "CallSid": {"type": "string", "maxLength": 64},
-                                    "CallStatus": {"type": "string"},
-                                },
-                            }
-                        }
-                    },
-                },
+                "A new `<Connect><Stream>` (with a fresh stream token) when the stream ended "
+                "with its instance (a restart), carrying the conversation so far; "
+                "`<Hangup/>` otherwise.",
+                "Named by the TwiML of /twilio/voice; Twilio requests it when the stream "
+                "ends. Answered while draining too.",
+                unavailable=f"TWILIO_AUTH_TOKEN is not set (`{errors.ERR_PHONE_OFF}`).",
+                field="CallStatus",
             )
         },
         "/acs/incoming": {
