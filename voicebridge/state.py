@@ -66,23 +66,22 @@ class AppState:
         """Voice Live connects failed UPSTREAM_DEGRADED_AFTER times in a row."""
         return self.upstream_failures >= self.settings.upstream_degraded_after
 
-    def refuse_calls(self) -> web.HTTPException | None:
-        """Why a new call must not start here (503, so a proxy tries another instance):
-        draining, or the upstream degraded with HEALTH_FAILS_WHEN_DEGRADED; else None."""
+    def accept_calls(self) -> None:
+        """Raise 503 (so a proxy tries another instance) when a new call must not start
+        here: draining, or the upstream degraded with HEALTH_FAILS_WHEN_DEGRADED."""
         from voicebridge import errors
         from voicebridge.ops import json_error
 
         if self.draining:
-            return json_error(
+            raise json_error(
                 web.HTTPServiceUnavailable, "server is shutting down", errors.ERR_SHUTDOWN
             )
         if self.upstream_degraded and self.settings.health_fails_when_degraded:
-            return json_error(
+            raise json_error(
                 web.HTTPServiceUnavailable,
                 "this instance cannot reach Voice Live at the moment; try again shortly",
                 errors.ERR_UPSTREAM_CONNECT,
             )
-        return None
 
 
 STATE = web.AppKey("state", AppState)

@@ -39,9 +39,7 @@ async def voice_ws(request: web.Request) -> web.StreamResponse:
     """Upgrade, check access, register, relay; unregister whatever way it ends."""
     state = request.app[STATE]
     s = state.settings
-    refusal = state.refuse_calls()
-    if refusal is not None:
-        raise refusal
+    state.accept_calls()
     offered = request.headers.get("Sec-WebSocket-Protocol", "")
     tokens = s.client_tokens
     token: str | None = None

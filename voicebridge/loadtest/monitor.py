@@ -6,7 +6,9 @@ the load generator itself, whose CPU shows whether it could offer the load it wa
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import time
 
 import psutil  # type: ignore[import-untyped,unused-ignore]
 
@@ -61,3 +63,20 @@ class ProcessMonitor:
         self.sample()
         with contextlib.suppress(psutil.Error):
             self.kernel_end, self.cpu_end = self.kernel_seconds(), self.cpu_seconds()
+
+
+async def sleep_until(deadline_ns: int) -> None:
+    """Sleep until ``time.perf_counter_ns()`` reaches ``deadline_ns`` (at once if past)."""
+    delay = deadline_ns - time.perf_counter_ns()
+    if delay > 0:
+        await asyncio.sleep(delay / 1e9)
+
+
+async def end_windows_at(
+    end_ns: int, me: ProcessMonitor, server: ProcessMonitor | None = None
+) -> None:
+    """At the end of streaming (``end_ns``, perf_counter): close the CPU windows."""
+    await sleep_until(end_ns)
+    if server is not None:
+        server.end_window()
+    me.end_window()

@@ -18,6 +18,7 @@ from array import array
 import attrs
 
 from voicebridge import g711
+from voicebridge.audio_format import AudioFormat as VoiceLiveFormat
 from voicebridge.loadtest.options import ACS, ACS_SAMPLE_RATES, TWILIO
 
 FRAME_MS = 20
@@ -46,8 +47,17 @@ class AudioFormat:
         raise ValueError(f"not a phone channel: {channel!r}")
 
     @property
+    def audio(self) -> VoiceLiveFormat:
+        """The format as Voice Live names it (codec and rate)."""
+        return VoiceLiveFormat("g711_ulaw" if self.ulaw else "pcm16", self.rate)
+
+    @property
+    def sample_bytes(self) -> int:
+        return self.audio.sample_bytes
+
+    @property
     def bytes_per_ms(self) -> int:
-        return self.rate // 1000 * (1 if self.ulaw else 2)
+        return self.audio.bytes_per_ms
 
     @property
     def frame_bytes(self) -> int:

@@ -37,7 +37,7 @@ import attrs
 from voicebridge.loadtest import speech
 from voicebridge.loadtest.accounting import SessionStats, Tally
 from voicebridge.loadtest.calls import Answer, BargeIn, CallLog, EchoCheck, Turn, summarize_calls
-from voicebridge.loadtest.monitor import ProcessMonitor
+from voicebridge.loadtest.monitor import ProcessMonitor, end_windows_at, sleep_until
 from voicebridge.loadtest.options import TWILIO, LoadTestConfig, in_share
 from voicebridge.loadtest.phone import AcsCall, CallFailed, PhoneCall, TwilioCall
 from voicebridge.loadtest.phone_audio import FRAME_MS, AudioFormat, PhoneAudio, speech_span
@@ -83,9 +83,8 @@ async def server_audio_seconds(
 def echo_check(fmt: AudioFormat, expected_span: int, heard: bytes) -> EchoCheck:
     """The span check of an answer, as the :class:`EchoCheck` the accounting reads: whole
     when its speech span is the utterance's within one frame, else ``matched`` is what came."""
-    width = 1 if fmt.ulaw else 2
     span = speech_span(fmt, heard)
-    got = 0 if span is None else (span[1] - span[0]) * width
+    got = 0 if span is None else (span[1] - span[0]) * fmt.sample_bytes
     check = EchoCheck(speech=bytes(expected_span))
     if abs(got - expected_span) <= fmt.frame_bytes:
         check.matched = expected_span
@@ -108,8 +107,9 @@ class PhoneRun:
         for utterance in speech.utterances(voice=config.voice):
             audio = PhoneAudio.from_pcm16(self.fmt, utterance.pcm, SAMPLE_RATE)
             span = speech_span(self.fmt, audio.data)
-            width = 1 if self.fmt.ulaw else 2
-            lines.append(Line(audio, 0 if span is None else (span[1] - span[0]) * width))
+            lines.append(
+                Line(audio, 0 if span is None else (span[1] - span[0]) * self.fmt.sample_bytes)
+            )
         self.lines = tuple(lines)
         self.longest_ns = max(line.audio.ms for line in self.lines) * _MS
         self.tally = Tally(self.fmt.frame_bytes)
@@ -143,7 +143,7 @@ class PhoneRun:
     async def session(self, index: int, session: aiohttp.ClientSession) -> None:
         """One call: placed on its turn in the ramp, a conversation, then hung up."""
         cfg, sess = self.config, self.sessions[index]
-        await _sleep_until(self.start_ns + int(cfg.ramp * _S * index / cfg.sessions))
+        await sleep_until(self.start_ns + int(cfg.ramp * _S * index / cfg.sessions))
         budget = min(cfg.connect_timeout, (self.end_ns - time.perf_counter_ns()) / _S)
         call = self.calls[index] = self._call(index, session)
         sess.connect_ns = time.perf_counter_ns()
@@ -177,7 +177,7 @@ class PhoneRun:
         """Speak, listen, pause (or barge in) until the end of the run."""
         cfg = self.config
         first = rng.uniform(0.0, cfg.pause * 2 + self.longest_ns / _S)
-        await _sleep_until(time.perf_counter_ns() + int(first * _S))
+        await sleep_until(time.perf_counter_ns() + int(first * _S))
         index = first_line
         heard = 0
         barge: BargeIn | None = None
@@ -210,7 +210,7 @@ class PhoneRun:
             heard += 1
             if log.barges and heard % 2 == 1:
                 delay = rng.uniform(*BARGE_DELAY_MS) * _MS
-                await _sleep_until(said.first_audio + int(delay))
+                await sleep_until(said.first_audio + int(delay))
                 playing = call.playback.queued(call.clock.now()) > 0
                 if playing and time.perf_counter_ns() < self.end_ns:
                     answer.interrupted = True
@@ -234,7 +234,7 @@ class PhoneRun:
 
     async def _pause(self, rng: random.Random) -> None:
         pause = self.config.pause * rng.uniform(0.5, 1.5)
-        await _sleep_until(time.perf_counter_ns() + int(pause * _S))
+        await sleep_until(time.perf_counter_ns() + int(pause * _S))
 
     def _account(self, index: int, call: PhoneCall) -> None:
         sess, log = self.sessions[index], self.logs[index]
@@ -252,7 +252,7 @@ class PhoneRun:
         tick = 0
         while True:
             tick += 1
-            await _sleep_until(self.start_ns + tick * _S)
+            await sleep_until(self.start_ns + tick * _S)
             if self.server is not None:
                 self.server.sample()
             if not self.config.progress:
@@ -275,10 +275,8 @@ class PhoneRun:
             )
 
     async def stream_end(self) -> None:
-        await _sleep_until(self.end_ns)
-        if self.server is not None:
-            self.server.end_window()
-        self.me.end_window()
+        """At the end of streaming: close the CPU windows."""
+        await end_windows_at(self.end_ns, self.me, self.server)
 
     async def run(self) -> Report:
         cfg = self.config
@@ -371,12 +369,6 @@ def _failure_reason(exc: BaseException) -> str:
     if isinstance(exc, CallFailed):
         return str(exc)[:80]
     return type(exc).__name__
-
-
-async def _sleep_until(deadline_ns: int) -> None:
-    delay = deadline_ns - time.perf_counter_ns()
-    if delay > 0:
-        await asyncio.sleep(delay / _S)
 
 
 async def run(

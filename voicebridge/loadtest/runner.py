@@ -28,7 +28,7 @@ from voicebridge.loadtest.accounting import SessionStats, Tally, make_body
 from voicebridge.loadtest.caller import Caller, RunScript
 from voicebridge.loadtest.calls import CallLog, summarize_calls
 from voicebridge.loadtest.client import NotReadyError, Plan, VoiceClient
-from voicebridge.loadtest.monitor import ProcessMonitor
+from voicebridge.loadtest.monitor import ProcessMonitor, end_windows_at, sleep_until
 from voicebridge.loadtest.options import (
     CONVERSATION,
     LoadTestConfig,
@@ -58,12 +58,6 @@ def _failure_reason(exc: BaseException) -> str:
     if isinstance(exc, NotReadyError):
         return str(exc) or "not ready"
     return type(exc).__name__
-
-
-async def _sleep_until(deadline_ns: int) -> None:
-    delay = deadline_ns - time.perf_counter_ns()
-    if delay > 0:
-        await asyncio.sleep(delay / _NS)
 
 
 class _Run:
@@ -128,7 +122,7 @@ class _Run:
     async def session(self, sess: SessionStats) -> None:
         """One client: connect, wait for the session, stream, wait for the last replies."""
         cfg = self.config
-        await _sleep_until(self.start_ns + int(cfg.ramp * _NS * sess.index / cfg.sessions))
+        await sleep_until(self.start_ns + int(cfg.ramp * _NS * sess.index / cfg.sessions))
         budget = min(cfg.connect_timeout, (self.end_ns - time.perf_counter_ns()) / _NS)
         sess.offered_deflate = in_share(sess.index, cfg.offer_deflate)
         handshake = Handshake.build(self.url, cfg.headers(), offer_deflate=sess.offered_deflate)
@@ -166,7 +160,7 @@ class _Run:
         tick = 0
         while True:
             tick += 1
-            await _sleep_until(self.start_ns + tick * _NS)
+            await sleep_until(self.start_ns + tick * _NS)
             if self.server is not None:
                 self.server.sample()
             if not self.config.progress:
@@ -198,10 +192,7 @@ class _Run:
 
     async def stream_end(self) -> None:
         """At the end of streaming: close the CPU windows."""
-        await _sleep_until(self.end_ns)
-        if self.server is not None:
-            self.server.end_window()
-        self.me.end_window()
+        await end_windows_at(self.end_ns, self.me, self.server)
 
     async def run(self) -> Report:
         cfg = self.config

@@ -75,10 +75,8 @@ async def twilio_voice(request: web.Request) -> web.Response:
     """Twilio's voice webhook: TwiML connecting the call to ``/ws/twilio``."""
     state = request.app[STATE]
     _twilio_on(state.settings.phone)
-    refusal = state.refuse_calls()
-    if refusal is not None:
-        # Twilio tries the number's fallback URL (another instance) on a 5xx.
-        raise refusal
+    # Twilio tries the number's fallback URL (another instance) on a 5xx.
+    state.accept_calls()
     form, call_sid = await _signed_form(request)
     caller = str(form.get("From", ""))
     log.info("twilio.call", call_sid=call_sid, caller=mask_number(caller) if caller else None)
@@ -161,9 +159,7 @@ async def twilio_stream(request: web.Request) -> web.StreamResponse:
     """Twilio's media stream: upgrade, wait for a ``start`` with a valid token, relay."""
     state = request.app[STATE]
     s = state.settings
-    refusal = state.refuse_calls()
-    if refusal is not None:
-        raise refusal
+    state.accept_calls()
     ws = websocket(s.max_frame_bytes)
     await ws.prepare(request)
     try:
@@ -236,9 +232,7 @@ async def acs_stream(request: web.Request) -> web.StreamResponse:
     """ACS's media stream: a valid ``?token=`` first, then ``AudioMetadata``, then relay."""
     state = request.app[STATE]
     s = state.settings
-    refusal = state.refuse_calls()
-    if refusal is not None:
-        raise refusal
+    state.accept_calls()
     try:
         grant = tokens.verify(
             request.app[TOKEN_SECRET], request.query.get("token", ""), channel="acs"
