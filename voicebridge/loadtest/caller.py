@@ -19,7 +19,6 @@ tick writes bytes that already exist. It speaks both dialects:
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import enum
 import random
@@ -32,7 +31,7 @@ import orjson
 from voicebridge.loadtest import ws
 from voicebridge.loadtest.accounting import SessionStats, Tally
 from voicebridge.loadtest.calls import Answer, BargeIn, CallLog, EchoCheck, Turn
-from voicebridge.loadtest.client import NotReadyError
+from voicebridge.loadtest.client import SessionClient
 from voicebridge.loadtest.speech import Utterance
 
 _MS = 1_000_000
@@ -140,7 +139,7 @@ class Phase(enum.Enum):
     LISTEN = "listen"
 
 
-class Caller(ws.WebSocketClient):
+class Caller(SessionClient):
     """One simulated caller's connection, script and records."""
 
     def __init__(
@@ -153,17 +152,12 @@ class Caller(ws.WebSocketClient):
         log: CallLog,
         rng: random.Random,
     ) -> None:
-        super().__init__(handshake, mask=script.mask)
-        self.loop = asyncio.get_running_loop()
+        super().__init__(handshake, sess, mask=script.mask)
         self.script = script
         self.tally = tally
-        self.sess = sess
         self.log = log
         self.rng = rng
         self.frame_s = script.frame_ns / 1e9
-        self.is_ready = False
-        self.ready: asyncio.Future[None] = self.loop.create_future()
-        self.sending: asyncio.Future[None] = self.loop.create_future()
         self.seq = 0
         self.t0_ns = 0
         self.t0_loop = 0.0
@@ -178,18 +172,6 @@ class Caller(ws.WebSocketClient):
         self.barge: BargeIn | None = None  # the last barge-in, until it is cleared
 
     # -- the connection ---------------------------------------------------------------------
-
-    def on_open(self) -> None:
-        self.sess.deflate = self.deflate is not None
-
-    def on_end(self, reason: str | None) -> None:
-        sess = self.sess
-        if reason is not None:
-            sess.peer_closed = True
-            sess.close_reason = sess.close_reason or reason
-        if not self.ready.done():
-            self.ready.set_exception(NotReadyError(reason or "closed"))
-        self._done_sending()
 
     def on_binary(self, buf: bytes | bytearray, start: int, end: int, now: int) -> None:
         if self.is_ready and not self.script.direct:
@@ -387,7 +369,3 @@ class Caller(ws.WebSocketClient):
         sess.sent += 1
         self.seq = seq = seq + 1
         self.loop.call_at(self.t0_loop + seq * self.frame_s, self._tick)
-
-    def _done_sending(self) -> None:
-        if not self.sending.done():
-            self.sending.set_result(None)

@@ -43,33 +43,19 @@ class Plan:
         return "session.created" if self.direct else "session_started"
 
 
-class VoiceClient(ws.WebSocketClient):
-    """One simulated client's connection and its paced audio."""
+class SessionClient(ws.WebSocketClient):
+    """A connection that is one session of the run: ready once the session starts,
+    sending until it stops; how it ended goes into its :class:`SessionStats`."""
 
     def __init__(
-        self, handshake: ws.Handshake, plan: Plan, tally: Tally, sess: SessionStats
+        self, handshake: ws.Handshake, sess: SessionStats, mask: bytes | None = None
     ) -> None:
-        super().__init__(handshake)
+        super().__init__(handshake, mask)
         self.loop = asyncio.get_running_loop()
-        self.plan = plan
-        self.tally = tally
         self.sess = sess
-        self.frame_s = plan.frame_ns / 1e9
-        self.delta_b64_len = len(base64.b64encode(bytes(HEADER.size + len(plan.body))))
         self.is_ready = False
         self.ready: asyncio.Future[None] = self.loop.create_future()
         self.sending: asyncio.Future[None] = self.loop.create_future()
-        if plan.direct:
-            after = base64.b64encode(plan.body) + _APPEND_SUFFIX
-            self.chunk = self.template(ws.OP_TEXT, _APPEND_PREFIX, HEADER_B64_LEN, after)
-        else:
-            self.chunk = self.template(ws.OP_BINARY, b"", HEADER.size, plan.body)
-        self.var = bytearray(HEADER.size)
-        self.seq = 0
-        self.t0_ns = 0
-        self.t0_loop = 0.0
-
-    # -- the connection ---------------------------------------------------------------------
 
     def on_open(self) -> None:
         self.sess.deflate = self.deflate is not None
@@ -82,7 +68,38 @@ class VoiceClient(ws.WebSocketClient):
         if not self.ready.done():
             self.ready.set_exception(NotReadyError(reason or "closed"))
         self._done_sending()
-        sess.all_back.set()
+
+    def _done_sending(self) -> None:
+        if not self.sending.done():
+            self.sending.set_result(None)
+
+
+class VoiceClient(SessionClient):
+    """One simulated client's connection and its paced audio."""
+
+    def __init__(
+        self, handshake: ws.Handshake, plan: Plan, tally: Tally, sess: SessionStats
+    ) -> None:
+        super().__init__(handshake, sess)
+        self.plan = plan
+        self.tally = tally
+        self.frame_s = plan.frame_ns / 1e9
+        self.delta_b64_len = len(base64.b64encode(bytes(HEADER.size + len(plan.body))))
+        if plan.direct:
+            after = base64.b64encode(plan.body) + _APPEND_SUFFIX
+            self.chunk = self.template(ws.OP_TEXT, _APPEND_PREFIX, HEADER_B64_LEN, after)
+        else:
+            self.chunk = self.template(ws.OP_BINARY, b"", HEADER.size, plan.body)
+        self.var = bytearray(HEADER.size)
+        self.seq = 0
+        self.t0_ns = 0
+        self.t0_loop = 0.0
+
+    # -- the connection ---------------------------------------------------------------------
+
+    def on_end(self, reason: str | None) -> None:
+        super().on_end(reason)
+        self.sess.all_back.set()
 
     def on_binary(self, buf: bytes | bytearray, start: int, end: int, now: int) -> None:
         if self.is_ready:
@@ -151,7 +168,3 @@ class VoiceClient(ws.WebSocketClient):
         self.send_template(self.chunk, base64.b64encode(var) if plan.direct else var)
         self.seq = seq = seq + 1
         self.loop.call_at(self.t0_loop + seq * self.frame_s, self._tick)
-
-    def _done_sending(self) -> None:
-        if not self.sending.done():
-            self.sending.set_result(None)
