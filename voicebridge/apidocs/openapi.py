@@ -430,6 +430,46 @@ def _calls_query() -> list[Schema]:
     ]
 
 
+def _acs_webhook(
+    op_id: str,
+    summary: str,
+    ok: str,
+    ok_properties: Schema,
+    description: str,
+    *,
+    bad_body: str,
+    too_large: str,
+) -> Schema:
+    """A POST from Azure (Event Grid, Call Automation) carrying ``?key=ACS_EVENTS_KEY``."""
+    return _op(
+        op_id,
+        "phone",
+        summary,
+        {
+            "200": _json(ok, {"type": "object", "properties": ok_properties}),
+            "400": _json(f"{bad_body} (`{errors.ERR_BAD_MESSAGE}`).", _ref("Error")),
+            "401": _json(f"No or a wrong `key` (`{errors.ERR_UNAUTHORIZED}`).", _ref("Error")),
+            "413": _json(too_large, _ref("Error")),
+        },
+        description=description,
+        parameters=[
+            {
+                "name": "key",
+                "in": "query",
+                "required": True,
+                "description": "ACS_EVENTS_KEY, carried in the subscription's URL.",
+                "schema": {"type": "string"},
+            }
+        ],
+        requestBody={
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"type": "array", "items": {"type": "object"}}}
+            },
+        },
+    )
+
+
 def _twilio_webhook(
     op_id: str, summary: str, ok: str, description: str, *, unavailable: str, field: str
 ) -> Schema:
@@ -583,94 +623,33 @@ def _paths() -> dict[str, Schema]:
             )
         },
         "/acs/incoming": {
-            "post": _op(
+            "post": _acs_webhook(
                 "acsIncoming",
-                "phone",
                 "Event Grid webhook: answers ACS incoming calls with media streaming to /ws/acs",
+                "The subscription validation answered (`validationResponse`), or the "
+                "incoming calls of the delivery answered (`answered`, `failed`).",
                 {
-                    "200": _json(
-                        "The subscription validation answered (`validationResponse`), or the "
-                        "incoming calls of the delivery answered (`answered`, `failed`).",
-                        {
-                            "type": "object",
-                            "properties": {
-                                "validationResponse": {"type": "string"},
-                                "answered": {"type": "integer", "minimum": 0},
-                                "failed": {"type": "integer", "minimum": 0},
-                            },
-                        },
-                    ),
-                    "400": _json(
-                        f"Not a list of Event Grid events (`{errors.ERR_BAD_MESSAGE}`).",
-                        _ref("Error"),
-                    ),
-                    "401": _json(
-                        f"No or a wrong `key` (`{errors.ERR_UNAUTHORIZED}`).", _ref("Error")
-                    ),
-                    "413": _json("The delivery is larger than allowed.", _ref("Error")),
+                    "validationResponse": {"type": "string"},
+                    "answered": {"type": "integer", "minimum": 0},
+                    "failed": {"type": "integer", "minimum": 0},
                 },
-                description="Served only when ACS_CONNECTION_STRING is set. Each "
+                "Served only when ACS_CONNECTION_STRING is set. Each "
                 "`Microsoft.Communication.IncomingCall` is answered with Call Automation, "
                 "streaming audio both ways over `/ws/acs` with a per-call token.",
-                parameters=[
-                    {
-                        "name": "key",
-                        "in": "query",
-                        "required": True,
-                        "description": "ACS_EVENTS_KEY, carried in the subscription's URL.",
-                        "schema": {"type": "string"},
-                    }
-                ],
-                requestBody={
-                    "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {"type": "array", "items": {"type": "object"}}
-                        }
-                    },
-                },
+                bad_body="Not a list of Event Grid events",
+                too_large="The delivery is larger than allowed.",
             )
         },
         "/acs/events": {
-            "post": _op(
+            "post": _acs_webhook(
                 "acsEvents",
-                "phone",
                 "Call Automation's callback: the call's events, logged",
-                {
-                    "200": _json(
-                        "The events were received.",
-                        {
-                            "type": "object",
-                            "properties": {"received": {"type": "integer", "minimum": 0}},
-                        },
-                    ),
-                    "400": _json(
-                        f"Not a list of events (`{errors.ERR_BAD_MESSAGE}`).", _ref("Error")
-                    ),
-                    "401": _json(
-                        f"No or a wrong `key` (`{errors.ERR_UNAUTHORIZED}`).", _ref("Error")
-                    ),
-                    "413": _json("The body is larger than allowed.", _ref("Error")),
-                },
-                description="Served only when ACS_CONNECTION_STRING is set; the callback "
-                "URL given to Call Automation when a call is answered.",
-                parameters=[
-                    {
-                        "name": "key",
-                        "in": "query",
-                        "required": True,
-                        "description": "ACS_EVENTS_KEY, carried in the subscription's URL.",
-                        "schema": {"type": "string"},
-                    }
-                ],
-                requestBody={
-                    "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {"type": "array", "items": {"type": "object"}}
-                        }
-                    },
-                },
+                "The events were received.",
+                {"received": {"type": "integer", "minimum": 0}},
+                "Served only when ACS_CONNECTION_STRING is set; the callback URL given to "
+                "Call Automation when a call is answered.",
+                bad_body="Not a list of events",
+                too_large="The body is larger than allowed.",
             )
         },
         "/ws/twilio": {
