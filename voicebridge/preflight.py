@@ -102,11 +102,8 @@ def _session(app: web.Application) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         instructions = ""
         log.error("app.instructions_unreadable", error=str(exc))
-    session = build_session_config(s, instructions)
-    if state.toolbox is not None:
-        session["tools"] = state.toolbox.session_tools()
-        session["tool_choice"] = "auto"
-    return session
+    tools = None if state.toolbox is None else state.toolbox.session_tools()
+    return build_session_config(s, instructions, tools=tools)
 
 
 async def check_upstream(

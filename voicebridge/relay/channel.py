@@ -52,7 +52,7 @@ class ClientChannel:
         *,
         audio_budget: int,
         on_written: Callable[[ResponseTrack, int], None],
-        frames: Callable[[ResponseTrack, bytes], list[str | bytes] | None] | None = None,
+        frames: Callable[[ResponseTrack, bytes], list[str | bytes]] | None = None,
     ) -> None:
         self._ws = ws
         self._transport = transport
@@ -171,11 +171,10 @@ class ClientChannel:
         await self._put(text)
 
     async def _write_audio(self, track: ResponseTrack, pcm: bytes) -> None:
-        frames = None if self._frames is None else self._frames(track, pcm)
-        if frames is None:
-            await self._put(pcm)
+        if self._frames is None:
+            await self._put(pcm)  # the audio is the frame
         else:
-            for frame in frames:
+            for frame in self._frames(track, pcm):
                 await self._put(frame)
         self._on_written(track, len(pcm))
 

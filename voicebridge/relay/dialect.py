@@ -41,10 +41,11 @@ class Dialect:
         Raises :class:`voicebridge.errors.ProtocolError` naming what is wrong."""
         return protocol.parse_text(text)
 
-    def audio_frames(self, track: ResponseTrack, audio: bytes) -> list[str | bytes] | None:
-        """The frames that carry ``audio`` of ``track`` to the client; None when the audio
-        itself is the one frame (the hot path of the voicebridge protocol)."""
-        return None
+    def audio_frames(self, track: ResponseTrack, audio: bytes) -> list[str | bytes]:
+        """The frames that carry ``audio`` of ``track`` to the client: here the audio
+        itself, one binary frame (which the channel writes without asking, ``binary_audio``
+        being the hot path of the voicebridge protocol)."""
+        return [audio]
 
     def clear(self) -> str:
         """The frame that stops the client's playback now (a barge-in)."""

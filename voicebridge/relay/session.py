@@ -364,10 +364,12 @@ class Session(ContinuityMixin):
                 "the agent's instructions could not be read; the operator has been told",
             )
             return
-        self._session_config = build_session_config(self.settings, instructions, self.audio)
-        if self._tools is not None:
-            self._session_config["tools"] = self._tools.toolbox.session_tools()
-            self._session_config["tool_choice"] = "auto"
+        self._session_config = build_session_config(
+            self.settings,
+            instructions,
+            self.audio,
+            tools=None if self._tools is None else self._tools.toolbox.session_tools(),
+        )
         started = time.monotonic()
         attempt = asyncio.ensure_future(
             self._open_upstream(self.settings.upstream_connect_timeout_s)
@@ -568,10 +570,10 @@ class Session(ContinuityMixin):
 
     def _next_flush(self, now: float) -> float | None:
         """Seconds until held audio or keypad digits are due to be sent; None: nothing held."""
-        waits = [
-            w for w in (self._audio_out.flush_in(now), self._dtmf.due_in(now)) if w is not None
-        ]
-        return min(waits) if waits else None
+        audio, keys = self._audio_out.flush_in(now), self._dtmf.due_in(now)
+        if keys is None or audio is None:
+            return audio if keys is None else keys
+        return min(audio, keys)
 
     async def _flush_due(self) -> None:
         await self._flush_audio()

@@ -19,10 +19,15 @@ from voicebridge.voicelive import NATIVE_VOICES, OPENAI_VOICES, model_family
 
 
 def build_session_config(
-    settings: Settings, instructions: str, audio: AudioFormat = PCM16_24K
+    settings: Settings,
+    instructions: str,
+    audio: AudioFormat = PCM16_24K,
+    *,
+    tools: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The ``session`` object of the first ``session.update`` a session sends, for a caller
-    whose audio is ``audio`` (in and out: the relay never transcodes).
+    whose audio is ``audio`` (in and out: the relay never transcodes), offering ``tools``
+    (the model picks when to call them) when there are any.
 
     In agent mode the instructions are not sent: a Foundry agent has its own, and the
     service refuses them (how-to, "Session configuration").
@@ -46,6 +51,9 @@ def build_session_config(
     else:
         session["input_audio_noise_reduction"] = None
     session["input_audio_transcription"] = transcription_config(settings)
+    if tools is not None:
+        session["tools"] = tools
+        session["tool_choice"] = "auto"
     return session
 
 
