@@ -82,7 +82,7 @@ async def twilio_voice(request: web.Request) -> web.Response:
     log.info("twilio.call", call_sid=call_sid, caller=mask_number(caller) if caller else None)
     # A stream starts: how it ends is unknown until its session says (an instance that
     # dies with it never does, and the call is moved then).
-    await request.app[STATE].registry.save_handoff(
+    await state.registry.save_handoff(
         handoff.key(call_sid), handoff.started(), ttl_s=state.settings.phone.token_ttl_s
     )
     return _connect(request, call_sid, caller, continued=False)
