@@ -32,6 +32,11 @@ class DtmfBuffer:
         self._due = now + self.gap_s
         return None
 
+    @property
+    def held(self) -> bool:
+        """Whether digits wait to be sent."""
+        return self._due is not None
+
     def due_in(self, now: float) -> float | None:
         """Seconds until the held digits are due (a millisecond at least, as a receive
         timeout of 0 would mean none); None when none are held."""

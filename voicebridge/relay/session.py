@@ -484,6 +484,7 @@ class Session(ContinuityMixin):
         max_frame = self.settings.max_frame_bytes
         channel = self.channel
         binary, text = aiohttp.WSMsgType.BINARY, aiohttp.WSMsgType.TEXT
+        binary_audio = self.dialect.binary_audio
         with self._io_ends_session():
             while True:
                 try:
@@ -503,7 +504,7 @@ class Session(ContinuityMixin):
                         f"{self.settings.max_frames_per_s:g} frames a second from the client",
                     )
                 self._last_activity = now
-                if kind is binary and self.dialect.binary_audio:
+                if kind is binary and binary_audio:
                     data: bytes = msg.data
                     if len(data) > max_frame:
                         raise self._too_large(len(data))
@@ -570,10 +571,11 @@ class Session(ContinuityMixin):
 
     def _next_flush(self, now: float) -> float | None:
         """Seconds until held audio or keypad digits are due to be sent; None: nothing held."""
-        audio, keys = self._audio_out.flush_in(now), self._dtmf.due_in(now)
-        if keys is None or audio is None:
-            return audio if keys is None else keys
-        return min(audio, keys)
+        audio = self._audio_out.flush_in(now)
+        if not self._dtmf.held:  # the common case: no keys pressed
+            return audio
+        keys = self._dtmf.due_in(now)
+        return keys if audio is None or keys is None else min(audio, keys)
 
     async def _flush_due(self) -> None:
         await self._flush_audio()
